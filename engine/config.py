@@ -1,0 +1,53 @@
+"""Engine configuration: one validated object, passed whole to each component."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from engine.default_model import default_model_path
+
+
+def _default_threads() -> int:
+    # More threads than cores makes llama.cpp's spin-waiting threads fight each other.
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+class EngineConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_path: Path = Field(default_factory=default_model_path, description="GGUF model file to serve.")
+    context_per_sequence: int = Field(
+        2048, ge=64, le=131072, description="KV cells each running request owns (prompt + generated tokens)."
+    )
+    max_sequences: int = Field(8, ge=1, le=256, description="Requests decoded together in one step.")
+    batch_tokens: int = Field(
+        256,
+        ge=16,
+        le=8192,
+        description=(
+            "Most prompt tokens one decode step carries; longer prompts are prefilled in chunks "
+            "so running requests keep generating."
+        ),
+    )
+    threads: int = Field(default_factory=_default_threads, ge=1, le=256)
+    queue_depth: int = Field(64, ge=0, le=100_000, description="Requests that may wait for a free sequence.")
+    request_timeout: float = Field(600.0, gt=0, description="Seconds a request may take, queue wait included.")
+
+    @field_validator("model_path")
+    @classmethod
+    def _model_file_exists(cls, path: Path) -> Path:
+        if not path.is_file():
+            raise ValueError(f"model file not found: {path}")
+        return path
+
+    @property
+    def context_size(self) -> int:
+        """Total KV cells: each sequence gets its own `context_per_sequence` (kv_unified=False)."""
+        return self.context_per_sequence * self.max_sequences
+
+    @property
+    def max_in_flight(self) -> int:
+        return self.max_sequences + self.queue_depth

@@ -1,0 +1,38 @@
+"""What the engine gives back: streamed text deltas, then one result with usage and timings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class Timings(BaseModel):
+    queue_ms: float = Field(description="Time waiting for a free sequence.")
+    ttft_ms: float | None = Field(description="Time to first token, from submission; None if none was generated.")
+    total_ms: float = Field(description="Submission to finish.")
+    tokens_per_second: float = Field(description="Completion tokens per second after admission (prefill included).")
+
+
+class GenerationResult(BaseModel):
+    text: str
+    finish_reason: FinishReason
+    usage: Usage
+    timings: Timings
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """New text of one request; `completion_tokens` counts all tokens generated so far."""
+
+    text: str
+    completion_tokens: int

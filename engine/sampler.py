@@ -1,0 +1,45 @@
+"""Per-request llama.cpp sampler chains built from SamplingParams."""
+
+from __future__ import annotations
+
+import random
+
+import llama_cpp
+
+from engine.request import SamplingParams
+
+
+class LlamaSampler:
+    """One chain per request: penalties → top-k → top-p → min-p → temperature → seeded draw (or greedy)."""
+
+    def __init__(self, ctx: llama_cpp.llama_context_p, n_vocab: int, params: SamplingParams) -> None:
+        self._ctx = ctx
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        add = llama_cpp.llama_sampler_chain_add
+        if params.repeat_penalty != 1.0 and params.repeat_last_n > 0:
+            add(
+                chain,
+                llama_cpp.llama_sampler_init_penalties(n_vocab, params.repeat_last_n, params.repeat_penalty, 0.0, 0.0),
+            )
+        if params.temperature == 0.0:
+            add(chain, llama_cpp.llama_sampler_init_greedy())
+        else:
+            if params.top_k > 0:
+                add(chain, llama_cpp.llama_sampler_init_top_k(params.top_k))
+            if params.top_p < 1.0:
+                add(chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+            if params.min_p > 0.0:
+                add(chain, llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
+            add(chain, llama_cpp.llama_sampler_init_temp(params.temperature))
+            seed = params.seed if params.seed is not None else random.getrandbits(32) % (2**32 - 1)
+            add(chain, llama_cpp.llama_sampler_init_dist(seed))
+        self._chain = chain
+
+    def sample(self, row: int) -> int:
+        """Sample from the logits of batch row `row` of the last decode, and accept the token."""
+        return llama_cpp.llama_sampler_sample(self._chain, self._ctx, row)
+
+    def close(self) -> None:
+        if self._chain:
+            llama_cpp.llama_sampler_free(self._chain)
+            self._chain = None

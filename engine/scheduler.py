@@ -1,0 +1,112 @@
+"""Forms each decode step from the running requests: the scheduler's decisions are plain data.
+
+A step serves one adapter group (llama.cpp applies one adapter set per decode). Within it, every
+running sequence that is past its prompt contributes its last sampled token, then prompts of newly
+admitted sequences fill the prompt-token budget (long prompts are prefilled in chunks over several
+steps, so running sequences keep generating). A request arriving while others generate is admitted
+at the next step: there is no draining and no time window.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from dataclasses import dataclass
+
+from engine.request import AdapterKey
+from engine.sequence import SeqStatus, Sequence
+
+
+@dataclass(slots=True)
+class Chunk:
+    """Tokens of one sequence in one step, at positions start_pos, start_pos+1, …"""
+
+    seq: Sequence
+    tokens: list[int]
+    start_pos: int
+    samples: bool  # the step's logits at this chunk's last token are sampled
+
+
+@dataclass(slots=True)
+class StepPlan:
+    adapter_key: AdapterKey
+    chunks: list[Chunk]  # sorted by seq_id: llama.cpp only co-batches increasing sequence ids
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(c.tokens) for c in self.chunks)
+
+
+class Scheduler:
+    def __init__(self, *, max_sequences: int, batch_tokens: int, group_quantum: int = 4) -> None:
+        self.batch_tokens = batch_tokens
+        self.group_quantum = group_quantum  # steps a group keeps the context before another group's turn
+        self.waiting: deque[Sequence] = deque()
+        self.running: dict[int, Sequence] = {}
+        self._free_seq_ids = list(range(max_sequences))  # a heap: lowest id first keeps ids contiguous
+        self._group_order: list[AdapterKey] = []  # round-robin order of adapter groups
+        self._current_group: AdapterKey | None = None
+        self._steps_on_group = 0
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def remove(self, seq: Sequence) -> None:
+        """Take a finished or aborted sequence out; its seq id is free for the next admission."""
+        if seq.status is SeqStatus.WAITING or seq.seq_id < 0:
+            self.waiting.remove(seq)
+            return
+        del self.running[seq.seq_id]
+        heapq.heappush(self._free_seq_ids, seq.seq_id)
+
+    def schedule(self, now: float) -> StepPlan | None:
+        self._admit(now)
+        if not self.running:
+            return None
+        key = self._choose_group()
+        members = sorted((s for s in self.running.values() if s.adapter_key == key), key=lambda s: s.seq_id)
+        chunks: list[Chunk] = []
+        for seq in members:
+            if not seq.is_prefilling:
+                chunks.append(Chunk(seq, [seq.completion_tokens[-1]], seq.next_decode_position, True))
+        budget = self.batch_tokens  # for prompt tokens; decode tokens always fit (one per sequence)
+        for seq in members:
+            if seq.is_prefilling and budget > 0:
+                start = seq.num_prefilled
+                n = min(budget, seq.num_prompt_tokens - start)
+                chunks.append(
+                    Chunk(seq, seq.prompt_tokens[start : start + n], start, start + n == seq.num_prompt_tokens)
+                )
+                budget -= n
+        chunks.sort(key=lambda c: c.seq.seq_id)
+        return StepPlan(key, chunks)
+
+    def _admit(self, now: float) -> None:
+        while self.waiting and self._free_seq_ids:
+            seq = self.waiting.popleft()
+            seq.seq_id = heapq.heappop(self._free_seq_ids)
+            seq.status = SeqStatus.RUNNING
+            seq.admitted_at = now
+            self.running[seq.seq_id] = seq
+
+    def _choose_group(self) -> AdapterKey:
+        """Round-robin over adapter groups, `group_quantum` steps each, so none starves and set changes amortise."""
+        live = {s.adapter_key for s in self.running.values()}
+        self._group_order = [k for k in self._group_order if k in live]
+        self._group_order += sorted(live.difference(self._group_order))
+        current = self._current_group
+        if current in live and (self._steps_on_group < self.group_quantum or len(live) == 1):
+            self._steps_on_group += 1
+            return current  # type: ignore[return-value]
+        if current in self._group_order:
+            i = self._group_order.index(current)  # type: ignore[arg-type]
+            nxt = self._group_order[(i + 1) % len(self._group_order)]
+        else:
+            nxt = self._group_order[0]
+        self._current_group = nxt
+        self._steps_on_group = 1
+        return nxt
