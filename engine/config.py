@@ -20,7 +20,7 @@ class EngineConfig(BaseModel):
 
     model_path: Path = Field(default_factory=default_model_path, description="GGUF model file to serve.")
     context_per_sequence: int = Field(
-        2048, ge=64, le=131072, description="KV cells each running request owns (prompt + generated tokens)."
+        2048, ge=256, le=131072, description="KV cells each running request owns (prompt + generated tokens)."
     )
     max_sequences: int = Field(8, ge=1, le=256, description="Requests decoded together in one step.")
     batch_tokens: int = Field(
@@ -35,6 +35,16 @@ class EngineConfig(BaseModel):
     threads: int = Field(default_factory=_default_threads, ge=1, le=256)
     queue_depth: int = Field(64, ge=0, le=100_000, description="Requests that may wait for a free sequence.")
     request_timeout: float = Field(600.0, gt=0, description="Seconds a request may take, queue wait included.")
+
+    @field_validator("context_per_sequence")
+    @classmethod
+    def _whole_kv_pages(cls, n: int) -> int:
+        # llama.cpp pads each sequence's KV cache to 256 cells; ask only for what will really be given.
+        if n % 256:
+            raise ValueError(
+                f"must be a multiple of 256 (llama.cpp pads KV caches to 256 cells), e.g. {n + 256 - n % 256}"
+            )
+        return n
 
     @field_validator("model_path")
     @classmethod

@@ -51,13 +51,14 @@ class Engine:
         self.model_info: ModelInfo | None = None
 
     async def __aenter__(self) -> Self:
+        worker = Worker(self.config, self._backend_factory, self._emit_from_worker)
+        worker.start()
+        # Load before opening the portal, so a load error surfaces as itself, not inside a task group.
+        self.model_info = await anyio.to_thread.run_sync(worker.ready.result)
         async with AsyncExitStack() as stack:
             self._portal = await stack.enter_async_context(BlockingPortal())
-            worker = Worker(self.config, self._backend_factory, self._emit_from_worker)
-            worker.start()
-            self.model_info = await anyio.to_thread.run_sync(worker.ready.result)
-            self._worker = worker
             stack.push_async_callback(self._stop_worker, worker)
+            self._worker = worker
             self._exit_stack = stack.pop_all()
         return self
 
@@ -127,7 +128,8 @@ class Engine:
 
     def _emit_from_worker(self, events: EventBatch) -> None:
         """Called on the worker thread once per step: hand the events to the event loop without waiting."""
-        assert self._portal is not None
+        if self._portal is None:
+            return  # not serving yet: no request exists to receive events
         try:
             self._portal.start_task_soon(self._deliver, events)
         except RuntimeError:
@@ -159,11 +161,16 @@ class RequestStream:
         self._engine = engine
         self._send: MemoryObjectSendStream[Event]
         self._receive: MemoryObjectReceiveStream[Event]
-        self._send, self._receive = anyio.create_memory_object_stream[Event](math.inf)
         self._done = False
 
     async def __aenter__(self) -> Self:
-        self._engine._submit(self)
+        self._send, self._receive = anyio.create_memory_object_stream[Event](math.inf)
+        try:
+            self._engine._submit(self)
+        except BaseException:
+            self._send.close()
+            self._receive.close()
+            raise
         return self
 
     async def __aexit__(
@@ -187,12 +194,13 @@ class RequestStream:
                 raise event
 
     def _push(self, event: Event) -> None:
-        if not isinstance(event, TextDelta):
-            self._done = True
         try:
             self._send.send_nowait(event)
         except anyio.BrokenResourceError:
             pass  # the consumer left; the request is finished or being aborted
+        if not isinstance(event, TextDelta):
+            self._done = True
+            self._send.close()
 
 
 __all__ = ["Engine", "EngineError", "RequestStream"]

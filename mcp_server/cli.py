@@ -1,0 +1,103 @@
+"""`loramux`: serve the engine over MCP, on stdio (default, for desktop clients) or streamable HTTP."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import anyio
+from pydantic import ValidationError
+
+from engine import Engine, EngineConfig
+from mcp_server.http_app import MCP_PATH, build_http_app
+from mcp_server.tools import build_server
+
+logger = logging.getLogger("loramux")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    defaults = EngineConfig.model_fields
+    p = argparse.ArgumentParser(prog="loramux", description="MCP tool server for a resident local GGUF model.")
+    p.add_argument("--model", type=Path, help="GGUF model to serve (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--http", action="store_true", help="serve streamable HTTP at /mcp instead of stdio")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (default: %(default)s)")
+    p.add_argument(
+        "--context",
+        type=int,
+        default=defaults["context_per_sequence"].default,
+        help="context tokens per request, prompt and answer together (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-sequences",
+        type=int,
+        default=defaults["max_sequences"].default,
+        help="requests decoded together in one step (default: %(default)s)",
+    )
+    p.add_argument(
+        "--batch-tokens",
+        type=int,
+        default=defaults["batch_tokens"].default,
+        help="most prompt tokens prefilled per step (default: %(default)s)",
+    )
+    p.add_argument("--threads", type=int, help="llama.cpp threads (default: the number of cores, at most 8)")
+    p.add_argument(
+        "--queue-depth",
+        type=int,
+        default=defaults["queue_depth"].default,
+        help="requests that may wait for a free sequence before calls get a busy error (default: %(default)s)",
+    )
+    p.add_argument(
+        "--request-timeout",
+        type=float,
+        default=defaults["request_timeout"].default,
+        help="seconds a request may take, queue wait included (default: %(default)s)",
+    )
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p.parse_args(argv)
+
+
+def engine_config(args: argparse.Namespace) -> EngineConfig:
+    values: dict[str, object] = dict(
+        context_per_sequence=args.context,
+        max_sequences=args.max_sequences,
+        batch_tokens=args.batch_tokens,
+        queue_depth=args.queue_depth,
+        request_timeout=args.request_timeout,
+    )
+    if args.model is not None:
+        values["model_path"] = args.model
+    if args.threads is not None:
+        values["threads"] = args.threads
+    return EngineConfig(**values)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    # stdout is the MCP channel on stdio: every log line goes to stderr.
+    logging.basicConfig(
+        stream=sys.stderr, level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = engine_config(args)
+    except (ValidationError, FileNotFoundError) as exc:
+        sys.stderr.write(f"loramux: invalid configuration:\n{exc}\n")
+        raise SystemExit(2) from None
+    engine = Engine(config)
+    if args.http:
+        anyio.run(_serve_http, engine, args.host, args.port)
+    else:
+        anyio.run(build_server(engine, own_engine=True).run_stdio_async)
+
+
+async def _serve_http(engine: Engine, host: str, port: int) -> None:
+    import uvicorn
+
+    app = build_http_app(engine, build_server(engine), host=host)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+    url_host = f"[{host}]" if ":" in host else host
+    logger.info("model %s", engine.config.model_path.name)
+    logger.info("MCP endpoint http://%s:%d%s  (health: /health)", url_host, port, MCP_PATH)
+    await server.serve()

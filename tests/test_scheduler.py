@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from engine.request import SamplingParams
+from engine.scheduler import Scheduler
+from engine.sequence import Sequence
+from tests.fake_backend import FakeSampler
+
+
+def make_seq(rid: int, n_prompt: int = 4, key: tuple = ()) -> Sequence:
+    return Sequence(
+        request_id=rid,
+        prompt_tokens=list(range(n_prompt)),
+        sampling=SamplingParams(),
+        adapter_key=key,
+        sampler=FakeSampler(b"x"),
+        max_new_tokens=10,
+        submitted_at=0.0,
+        deadline=1e9,
+    )
+
+
+def test_new_request_joins_running_ones_at_the_next_step() -> None:
+    s = Scheduler(max_sequences=4, batch_tokens=64)
+    a = make_seq(1)
+    s.add(a)
+    plan = s.schedule(0.0)
+    assert plan is not None and [(c.seq, len(c.tokens), c.samples) for c in plan.chunks] == [(a, 4, True)]
+    a.num_prefilled = 4
+    a.completion_tokens.append(7)
+    b = make_seq(2, n_prompt=3)
+    s.add(b)
+    plan = s.schedule(0.0)
+    assert plan is not None
+    # a's next token and b's whole prompt in one step
+    assert [(c.seq.request_id, c.tokens, c.start_pos) for c in plan.chunks] == [(1, [7], 4), (2, [0, 1, 2], 0)]
+
+
+def test_long_prompts_are_chunked_by_the_token_budget() -> None:
+    s = Scheduler(max_sequences=2, batch_tokens=16)
+    a = make_seq(1, n_prompt=40)
+    s.add(a)
+    sizes = []
+    for _ in range(3):
+        plan = s.schedule(0.0)
+        assert plan is not None
+        (chunk,) = plan.chunks
+        sizes.append((len(chunk.tokens), chunk.start_pos, chunk.samples))
+        a.num_prefilled += len(chunk.tokens)
+    assert sizes == [(16, 0, False), (16, 16, False), (8, 32, True)]
+
+
+def test_waiting_requests_are_admitted_when_a_slot_frees_with_lowest_seq_id() -> None:
+    s = Scheduler(max_sequences=2, batch_tokens=64)
+    seqs = [make_seq(i) for i in range(1, 4)]
+    for q in seqs:
+        s.add(q)
+    s.schedule(0.0)
+    assert [q.seq_id for q in seqs] == [0, 1, -1] and len(s.waiting) == 1
+    s.remove(seqs[0])
+    s.schedule(1.0)
+    assert seqs[2].seq_id == 0 and seqs[2].admitted_at == 1.0
+
+
+def test_chunks_are_sorted_by_seq_id() -> None:
+    s = Scheduler(max_sequences=4, batch_tokens=64)
+    seqs = [make_seq(i) for i in range(1, 5)]
+    for q in seqs:
+        s.add(q)
+    plan = s.schedule(0.0)
+    assert plan is not None
+    assert [c.seq.seq_id for c in plan.chunks] == [0, 1, 2, 3]
+
+
+def test_adapter_groups_take_turns_by_quantum() -> None:
+    s = Scheduler(max_sequences=4, batch_tokens=64, group_quantum=2)
+    s.add(make_seq(1, key=()))
+    s.add(make_seq(2, key=(("a", 1.0),)))
+    keys = []
+    for _ in range(6):
+        plan = s.schedule(0.0)
+        assert plan is not None
+        keys.append(plan.adapter_key)
+        assert all(c.seq.adapter_key == plan.adapter_key for c in plan.chunks)
+    assert keys == [(), (), (("a", 1.0),), (("a", 1.0),), (), ()]
