@@ -1,0 +1,50 @@
+"""The `loramux` command: desktop config, bad options."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mcp import Client, StdioServerParameters
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.anyio
+
+
+async def test_claude_desktop_example_config_spawns_a_working_server() -> None:
+    config = json.loads((ROOT / "claude_desktop_config.example.json").read_text())
+    entry = config["mcpServers"]["loramux"]
+    assert entry["command"].endswith("/.venv/bin/loramux")
+    # the placeholder path is this checkout's venv
+    command = str(ROOT / ".venv" / "bin" / "loramux")
+    async with Client(StdioServerParameters(command=command, args=entry["args"]), mode="legacy") as client:
+        result = await client.call_tool("llm_inference", {"prompt": "Hi!", "max_tokens": 8})
+        assert not result.is_error and result.structured_content["text"]  # type: ignore[index]
+
+
+def test_missing_model_file_is_a_clear_startup_error(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "mcp_server", "--model", str(tmp_path / "nope.gguf")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "model file not found" in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_context_must_be_whole_kv_pages() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "mcp_server", "--context", "1000"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2 and "multiple of 256" in proc.stderr
+
+
+def test_help_lists_every_option() -> None:
+    out = subprocess.run([sys.executable, "-m", "mcp_server", "--help"], capture_output=True, text=True).stdout
+    for opt in ["--model", "--http", "--host", "--port", "--context", "--max-sequences", "--queue-depth"]:
+        assert opt in out
