@@ -146,6 +146,10 @@ class LlamaRuntime:
 
     def run_step(self, plan: StepPlan) -> list[tuple[Sequence, int]]:
         """Decode one step; return (sequence, batch row) for each sequence whose logits are to be sampled."""
+        for src, dst in plan.moves:
+            # Cross-stream copy: llama.cpp queues it and performs it before this step's compute.
+            llama_cpp.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
+            llama_cpp.llama_memory_seq_rm(self.memory, src, -1, -1)
         to_sample = self._batch.fill(plan)
         rc = llama_cpp.llama_decode(self.ctx, self._batch.batch)
         if rc != 0:

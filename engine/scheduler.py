@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine.request import AdapterKey
 from engine.sequence import SeqStatus, Sequence
@@ -31,6 +31,7 @@ class Chunk:
 class StepPlan:
     adapter_key: AdapterKey
     chunks: list[Chunk]  # sorted by seq_id: llama.cpp only co-batches increasing sequence ids
+    moves: list[tuple[int, int]] = field(default_factory=list)  # (from, to) seq ids, applied before decoding
 
     @property
     def num_tokens(self) -> int:
@@ -67,6 +68,7 @@ class Scheduler:
         self._admit(now)
         if not self.running:
             return None
+        moves = self._compact()
         key = self._choose_group()
         members = sorted((s for s in self.running.values() if s.adapter_key == key), key=lambda s: s.seq_id)
         chunks: list[Chunk] = []
@@ -83,7 +85,7 @@ class Scheduler:
                 )
                 budget -= n
         chunks.sort(key=lambda c: c.seq.seq_id)
-        return StepPlan(key, chunks)
+        return StepPlan(key, chunks, moves)
 
     def _admit(self, now: float) -> None:
         while self.waiting and self._free_seq_ids:
@@ -92,6 +94,26 @@ class Scheduler:
             seq.status = SeqStatus.RUNNING
             seq.admitted_at = now
             self.running[seq.seq_id] = seq
+
+    def _compact(self) -> list[tuple[int, int]]:
+        """Keep running seq ids contiguous from 0 by moving the highest ones into holes.
+
+        With one KV stream per sequence, llama.cpp puts a sequence in the same micro-batch as the
+        previous one only if its id is exactly one higher: running ids {0, 2, 3, 5} would cost three
+        passes over the weights per step instead of one. Admissions fill holes first (free); a move
+        copies one sequence's KV stream (a few ms) and is paid once, the split would be paid every step.
+        """
+        moves = []
+        while self._free_seq_ids and self.running:
+            hole, top = self._free_seq_ids[0], max(self.running)
+            if hole > top:
+                break
+            heapq.heapreplace(self._free_seq_ids, top)
+            seq = self.running.pop(top)
+            seq.seq_id = hole
+            self.running[hole] = seq
+            moves.append((top, hole))
+        return moves
 
     def _choose_group(self) -> AdapterKey:
         """Round-robin over adapter groups, `group_quantum` steps each, so none starves and set changes amortise."""

@@ -14,6 +14,7 @@ class EngineStats:
     prompt_tokens: int = 0
     requests_finished: int = 0
     requests_failed: int = 0
+    sequence_moves: int = 0  # KV streams moved to keep running seq ids contiguous
     # sequences_per_step[n] = number of decode steps that carried n sequences
     sequences_per_step: dict[int, int] = field(default_factory=dict)
 
@@ -27,6 +28,7 @@ class StepCounters:
         self.prompt_tokens = 0
         self.requests_finished = 0
         self.requests_failed = 0
+        self.sequence_moves = 0
         self.histogram = [0] * (max_sequences + 1)
 
     def snapshot(self, *, running: int, waiting: int) -> EngineStats:
@@ -39,5 +41,6 @@ class StepCounters:
             prompt_tokens=self.prompt_tokens,
             requests_finished=self.requests_finished,
             requests_failed=self.requests_failed,
+            sequence_moves=self.sequence_moves,
             sequences_per_step={n: c for n, c in enumerate(hist) if c},
         )

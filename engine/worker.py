@@ -174,6 +174,7 @@ class Worker:
             if seq.finish_reason is not None:
                 self._finish(seq)
         self.counters.steps += 1
+        self.counters.sequence_moves += len(plan.moves)
         self.counters.tokens_generated += len(to_sample)
         self.counters.histogram[len(plan.chunks)] += 1
 

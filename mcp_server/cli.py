@@ -17,7 +17,7 @@ from mcp_server.tools import build_server
 logger = logging.getLogger("loramux")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     defaults = EngineConfig.model_fields
     p = argparse.ArgumentParser(prog="loramux", description="MCP tool server for a resident local GGUF model.")
     p.add_argument("--model", type=Path, help="GGUF model to serve (default: the embedded SmolLM2-135M-Instruct)")
@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds a request may take, queue wait included (default: %(default)s)",
     )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    return p.parse_args(argv)
+    return p
 
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:
@@ -75,7 +75,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     # stdout is the MCP channel on stdio: every log line goes to stderr.
     logging.basicConfig(
         stream=sys.stderr, level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -115,7 +115,7 @@ def build_server(engine: Engine, *, own_engine: bool = False) -> MCPServer:
         try:
             async with engine.generate(request) as stream:
                 pending: list[str] = []
-                last_report = time.monotonic()
+                last_report = float("-inf")  # the first text goes out at once
                 async for delta in stream:
                     pending.append(delta.text)
                     now = time.monotonic()

@@ -40,6 +40,7 @@ class FakeBackend:
         self.step_seconds = step_seconds
         self.steps: list[list[tuple[int, int, int, bool]]] = []  # per step: (request id, n tokens, pos, samples)
         self.kv: dict[int, int] = {}  # seq id → highest position
+        self.moves: list[tuple[int, int]] = []
         self.closed = False
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
@@ -67,6 +68,9 @@ class FakeBackend:
     def run_step(self, plan: StepPlan) -> list[tuple[Sequence, int]]:
         if self.step_seconds:
             time.sleep(self.step_seconds)
+        for src, dst in plan.moves:
+            self.moves.append((src, dst))
+            self.kv[dst] = self.kv.pop(src)
         self.steps.append([(c.seq.request_id, len(c.tokens), c.start_pos, c.samples) for c in plan.chunks])
         rows = []
         n = 0

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from mcp import Client, StdioServerParameters
 
+from mcp_server.cli import build_parser
+
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.anyio
 
@@ -48,3 +50,11 @@ def test_help_lists_every_option() -> None:
     out = subprocess.run([sys.executable, "-m", "mcp_server", "--help"], capture_output=True, text=True).stdout
     for opt in ["--model", "--http", "--host", "--port", "--context", "--max-sequences", "--queue-depth"]:
         assert opt in out
+
+
+def test_readme_documents_every_option() -> None:
+    """The README's options table cannot drift from the argument parser."""
+    options = {opt for action in build_parser()._actions for opt in action.option_strings if opt.startswith("--")}
+    readme = (ROOT / "README.md").read_text()
+    missing = sorted(opt for opt in options - {"--help"} if f"`{opt}" not in readme)
+    assert not missing, f"the README's options table lacks {missing}"

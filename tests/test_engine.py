@@ -54,6 +54,23 @@ async def test_greedy_text_is_the_same_alone_and_inside_a_batch_of_8(engine: Eng
     assert all(r.text for r in alone)
 
 
+async def test_sequences_moved_to_close_holes_keep_generating_correctly(engine: Engine) -> None:
+    """Early finishers leave holes; later sequences are moved down into them and must not notice."""
+
+    def req(q: str, n: int) -> GenerateRequest:
+        return chat(q, SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True))
+
+    lengths = [6 * (i + 1) for i in range(8)]
+    alone = [await engine.complete(req(q, 48)) for q in QUESTIONS]
+    moves_before = engine.stats().sequence_moves
+    batched = await run_concurrently(engine, [req(q, n) for q, n in zip(QUESTIONS, lengths, strict=True)])
+    assert engine.stats().sequence_moves > moves_before
+    by_length = {r.usage.completion_tokens: r for r in batched}
+    for a, n in zip(alone, lengths, strict=True):
+        assert a.text.startswith(by_length[n].text)
+    assert by_length[48].text == alone[7].text
+
+
 async def test_concurrent_requests_share_decode_steps(engine: Engine) -> None:
     before = engine.stats().sequences_per_step
     sampling = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)

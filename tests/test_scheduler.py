@@ -82,3 +82,27 @@ def test_adapter_groups_take_turns_by_quantum() -> None:
         keys.append(plan.adapter_key)
         assert all(c.seq.adapter_key == plan.adapter_key for c in plan.chunks)
     assert keys == [(), (), (("a", 1.0),), (("a", 1.0),), (), ()]
+
+
+def test_holes_left_by_finished_sequences_are_closed_by_moving_the_highest() -> None:
+    s = Scheduler(max_sequences=4, batch_tokens=64)
+    seqs = [make_seq(i) for i in range(1, 5)]
+    for q in seqs:
+        s.add(q)
+    s.schedule(0.0)
+    s.remove(seqs[1])  # frees seq id 1
+    plan = s.schedule(0.0)
+    assert plan is not None and plan.moves == [(3, 1)]
+    assert sorted(s.running) == [0, 1, 2] and seqs[3].seq_id == 1
+    assert [c.seq.seq_id for c in plan.chunks] == [0, 1, 2]
+
+
+def test_a_waiting_request_fills_a_hole_without_a_move() -> None:
+    s = Scheduler(max_sequences=3, batch_tokens=64)
+    seqs = [make_seq(i) for i in range(1, 5)]
+    for q in seqs:
+        s.add(q)
+    s.schedule(0.0)
+    s.remove(seqs[0])
+    plan = s.schedule(0.0)
+    assert plan is not None and plan.moves == [] and seqs[3].seq_id == 0
