@@ -28,6 +28,13 @@ loramux serves a small local language model. Call llm_inference with a `prompt` 
 Progress notifications carry the text as it is generated."""
 
 
+LLM_INFERENCE_DESCRIPTION = (
+    "Generate text with the server's local language model. Give `prompt` for a single question or "
+    "instruction, or `messages` for a conversation, optionally with `system` instructions. Returns the "
+    "text with finish_reason, token usage and timings; progress notifications stream the text as it grows."
+)
+
+
 def build_server(engine: Engine, *, own_engine: bool = False) -> MCPServer:
     """The MCP server over `engine`. With own_engine, the server's lifespan starts and stops the engine
     (stdio); otherwise the hosting app does (HTTP, where one engine outlives session managers)."""
@@ -40,6 +47,7 @@ def build_server(engine: Engine, *, own_engine: bool = False) -> MCPServer:
 
     @mcp.tool(
         title="Generate text with the local model",
+        description=LLM_INFERENCE_DESCRIPTION,
         annotations=ToolAnnotations(
             read_only_hint=True, destructive_hint=False, idempotent_hint=False, open_world_hint=False
         ),
@@ -91,10 +99,6 @@ def build_server(engine: Engine, *, own_engine: bool = False) -> MCPServer:
             bool, Field(description="Keep generating past the model's end token (benchmarks).")
         ] = False,
     ) -> InferenceResult:
-        """Generate text with the server's local language model.
-
-        Give `prompt` for a single question or instruction, or `messages` for a conversation.
-        Returns the text with finish_reason, token usage and timings."""
         request = _request(
             prompt=prompt,
             messages=messages,
