@@ -10,6 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from engine.default_model import default_model_path
 
 
+def default_adapter_dir() -> Path:
+    """The project's `adapters/` folder, where the demo adapters ship."""
+    return Path(__file__).resolve().parent.parent / "adapters"
+
+
 def _default_threads() -> int:
     # More threads than cores makes llama.cpp's spin-waiting threads fight each other.
     return max(1, min(os.cpu_count() or 1, 8))
@@ -35,6 +40,13 @@ class EngineConfig(BaseModel):
     threads: int = Field(default_factory=_default_threads, ge=1, le=256)
     queue_depth: int = Field(64, ge=0, le=100_000, description="Requests that may wait for a free sequence.")
     request_timeout: float = Field(600.0, gt=0, description="Seconds a request may take, queue wait included.")
+    adapter_dirs: tuple[Path, ...] = Field(
+        default_factory=lambda: (default_adapter_dir(),),
+        description="Directories agents may load LoRA adapters from; nothing outside them is ever opened.",
+    )
+    preload_adapters: tuple[tuple[str, Path], ...] = Field(
+        (), description="(name, path) adapters loaded at start; operator-given, so any path is allowed."
+    )
 
     @field_validator("context_per_sequence")
     @classmethod

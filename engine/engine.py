@@ -19,6 +19,7 @@ import anyio
 from anyio.from_thread import BlockingPortal
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from engine.adapter_registry import AdapterInfo
 from engine.backend import ModelInfo
 from engine.commands import AbortRequest, AddRequest, CallOnWorker, Event, EventBatch, Shutdown
 from engine.config import EngineConfig
@@ -106,6 +107,21 @@ class Engine:
         return await self.call_on_worker(
             lambda w: [w.backend.sequence_max_position(i) for i in range(self.config.max_sequences)]
         )
+
+    # -- adapters (all run on the worker between decode steps) ----------------------------------------
+
+    async def load_adapter(self, name: str, path: str) -> tuple[AdapterInfo, bool]:
+        """Load the adapter file `path` (inside an adapter directory) as `name`; (info, newly loaded)."""
+        return await self.call_on_worker(lambda w: w.adapters.load(name, path))
+
+    async def unload_adapter(self, name: str) -> AdapterInfo:
+        return await self.call_on_worker(lambda w: w.adapters.unload(name))
+
+    async def list_adapters(self) -> list[AdapterInfo]:
+        return await self.call_on_worker(lambda w: w.adapters.list())
+
+    async def available_adapter_files(self) -> list[str]:
+        return await self.call_on_worker(lambda w: w.adapters.directories.available())
 
     def _submit(self, stream: RequestStream) -> None:
         worker = self._require_worker()

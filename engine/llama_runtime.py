@@ -7,10 +7,16 @@ engine uses the C functions directly.
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import logging
+import os
+from typing import Any
 
 import llama_cpp
+from gguf import GGUFReader
 
+from engine.adapter_files import OpenedAdapterFile
+from engine.adapter_validation import AdapterFileError
 from engine.backend import ModelInfo
 from engine.config import EngineConfig
 from engine.errors import EngineFailure
@@ -22,6 +28,11 @@ from engine.sequence import Sequence
 from engine.step_batch import StepBatch
 
 logger = logging.getLogger(__name__)
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"))
+_libc.fdopen.restype = ctypes.c_void_p
+_libc.fdopen.argtypes = [ctypes.c_int, ctypes.c_char_p]
+_libc.fclose.argtypes = [ctypes.c_void_p]
 
 
 class LlamaRuntime:
@@ -155,6 +166,44 @@ class LlamaRuntime:
         if rc != 0:
             raise EngineFailure(f"llama_decode failed with code {rc}")
         return to_sample
+
+    # -- LoRA adapters ------------------------------------------------------------------------------
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Base tensor names and ggml shapes, to validate adapters against."""
+        reader = GGUFReader(self.info.path)
+        return {t.name: tuple(int(x) for x in t.shape) for t in reader.tensors}
+
+    def load_adapter(self, opened: OpenedAdapterFile) -> Any:
+        """Load from the already opened and validated file, not from its path (no swap in between)."""
+        fd = os.dup(opened.fd)
+        os.lseek(fd, 0, os.SEEK_SET)
+        fp = _libc.fdopen(fd, b"rb")
+        if not fp:
+            os.close(fd)
+            raise OSError("fdopen failed")
+        try:
+            adapter = llama_cpp.llama_adapter_lora_init_from_file_ptr(self.model, fp)
+        finally:
+            _libc.fclose(fp)
+        if not adapter:  # a failed load is a NULL pointer, which is falsy but not None
+            raise AdapterFileError(f"llama.cpp refused the adapter {opened.path.name} (see the server log)")
+        return adapter
+
+    def free_adapter(self, handle: Any) -> None:
+        llama_cpp.llama_adapter_lora_free(handle)
+
+    def set_adapters(self, adapters: list[tuple[Any, float]]) -> None:
+        """Replace the context's whole adapter set (it applies to every sequence of a decode)."""
+        if not adapters:
+            rc = llama_cpp.llama_set_adapters_lora(self.ctx, None, 0, None)
+        else:
+            n = len(adapters)
+            handles = (llama_cpp.llama_adapter_lora_p_ctypes * n)(*(h for h, _ in adapters))
+            scales = (ctypes.c_float * n)(*(scale for _, scale in adapters))
+            rc = llama_cpp.llama_set_adapters_lora(self.ctx, handles, n, scales)
+        if rc != 0:
+            raise EngineFailure(f"llama_set_adapters_lora failed with code {rc}")
 
     def free_sequence(self, seq_id: int) -> None:
         llama_cpp.llama_memory_seq_rm(self.memory, seq_id, -1, -1)

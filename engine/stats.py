@@ -15,6 +15,7 @@ class EngineStats:
     requests_finished: int = 0
     requests_failed: int = 0
     sequence_moves: int = 0  # KV streams moved to keep running seq ids contiguous
+    adapter_switches: int = 0  # steps that changed the context's adapter set
     # sequences_per_step[n] = number of decode steps that carried n sequences
     sequences_per_step: dict[int, int] = field(default_factory=dict)
 
@@ -29,6 +30,7 @@ class StepCounters:
         self.requests_finished = 0
         self.requests_failed = 0
         self.sequence_moves = 0
+        self.adapter_switches = 0
         self.histogram = [0] * (max_sequences + 1)
 
     def snapshot(self, *, running: int, waiting: int) -> EngineStats:
@@ -42,5 +44,6 @@ class StepCounters:
             requests_finished=self.requests_finished,
             requests_failed=self.requests_failed,
             sequence_moves=self.sequence_moves,
+            adapter_switches=self.adapter_switches,
             sequences_per_step={n: c for n, c in enumerate(hist) if c},
         )

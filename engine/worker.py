@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 
+from engine.adapter_files import AdapterDirectories
+from engine.adapter_registry import AdapterRegistry
 from engine.backend import Backend, ModelInfo
 from engine.commands import AbortRequest, AddRequest, CallOnWorker, Command, EventBatch, Shutdown
 from engine.config import EngineConfig
@@ -62,6 +64,14 @@ class Worker:
         try:
             self.backend = self._backend_factory(self.config)
             self._prompts = PromptBuilder(self.backend)
+            self.adapters = AdapterRegistry(
+                self.backend,
+                AdapterDirectories(self.config.adapter_dirs),
+                base_architecture=self.backend.info.architecture,
+                base_shapes=self.backend.tensor_shapes(),
+            )
+            for name, path in self.config.preload_adapters:
+                self.adapters.load(name, str(path), trusted=True)
         except BaseException as exc:
             self.ready.set_exception(exc)
             return
@@ -75,6 +85,7 @@ class Worker:
             self._flush_events()
             # Requests added after the loop ended never became sequences: the engine fails them all.
             self._emit([(ALL_REQUESTS, EngineStopped("the engine has stopped"))])
+            self.adapters.close()
             self.backend.close()
 
     def _loop(self) -> None:
@@ -132,6 +143,7 @@ class Worker:
                     f"prompt and answer together: shorten the prompt below {limit - 1} tokens "
                     "(or start the server with a larger --context)"
                 )
+            self.adapters.acquire(request.adapters, request.adapter_key)  # last: nothing may fail after it
         except EngineError as exc:
             self._events.append((command.request_id, exc))
             self.counters.requests_failed += 1
@@ -156,6 +168,8 @@ class Worker:
 
     def _step(self, plan: StepPlan) -> None:
         try:
+            if self.adapters.apply(plan.adapter_key):
+                self.counters.adapter_switches += 1
             to_sample = self.backend.run_step(plan)
         except EngineError as exc:
             logger.error("decode step failed: %s", exc)
@@ -193,6 +207,7 @@ class Worker:
         if seq.seq_id >= 0:
             self.backend.free_sequence(seq.seq_id)
         self.scheduler.remove(seq)
+        self.adapters.release(seq.adapter_key)
         seq.sampler.close()
         del self._sequences[seq.request_id]
 

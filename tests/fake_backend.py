@@ -41,6 +41,7 @@ class FakeBackend:
         self.steps: list[list[tuple[int, int, int, bool]]] = []  # per step: (request id, n tokens, pos, samples)
         self.kv: dict[int, int] = {}  # seq id → highest position
         self.moves: list[tuple[int, int]] = []
+        self.adapter_sets: list[list[tuple[object, float]]] = []
         self.closed = False
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
@@ -86,6 +87,18 @@ class FakeBackend:
 
     def sequence_max_position(self, seq_id: int) -> int:
         return self.kv.get(seq_id, -1)
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {}
+
+    def load_adapter(self, opened: object) -> object:
+        return object()
+
+    def free_adapter(self, handle: object) -> None:
+        pass
+
+    def set_adapters(self, adapters: list[tuple[object, float]]) -> None:
+        self.adapter_sets.append(adapters)
 
     def close(self) -> None:
         self.closed = True

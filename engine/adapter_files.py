@@ -1,0 +1,102 @@
+"""Where adapter files may come from: only inside the configured adapter directories.
+
+An agent names a file; the server must never open anything outside those directories: absolute
+paths elsewhere, `..`, and symlinks that resolve outside are refused. The file is then opened once,
+without following a final symlink, and that same descriptor is validated and handed to llama.cpp,
+so the file checked is the file loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.errors import InvalidRequest
+
+MAX_ADAPTER_BYTES = 4 << 30
+
+
+class AdapterPathError(InvalidRequest):
+    pass
+
+
+@dataclass(frozen=True)
+class OpenedAdapterFile:
+    path: Path  # the real path, inside an adapter directory
+    fd: int
+    size: int
+
+    @property
+    def proc_path(self) -> str:
+        """A path naming exactly this open file (for readers that take paths)."""
+        return f"/proc/self/fd/{self.fd}"
+
+
+class AdapterDirectories:
+    def __init__(self, directories: Sequence[Path]) -> None:
+        self.roots = tuple(dict.fromkeys(Path(d).expanduser().resolve() for d in directories))
+
+    def resolve(self, requested: str) -> Path:
+        """The real path of `requested` (a file name or a path inside an adapter directory)."""
+        if not requested or "\x00" in requested:
+            raise AdapterPathError("give the adapter file's name or its path inside an adapter directory")
+        if not self.roots:
+            raise AdapterPathError("the server has no adapter directories (start it with --adapter-dir DIR)")
+        candidate_path = Path(requested)
+        if ".." in candidate_path.parts:
+            raise AdapterPathError(f"{requested!r}: '..' is not allowed in adapter paths; {self._hint()}")
+        if candidate_path.is_absolute():
+            # Checked before touching the file system: refusals must not reveal what exists elsewhere.
+            if not any(candidate_path.is_relative_to(root) for root in self.roots):
+                raise AdapterPathError(f"{requested!r} is not inside an adapter directory; {self._hint()}")
+            candidates = [candidate_path]
+        else:
+            candidates = [root / candidate_path for root in self.roots]
+        for candidate in candidates:
+            if not os.path.lexists(candidate):
+                continue
+            real = candidate.resolve()
+            if not any(real.is_relative_to(root) for root in self.roots):
+                raise AdapterPathError(
+                    f"{requested!r} is outside the adapter directories (symlinks may not leave them); {self._hint()}"
+                )
+            if real.is_dir():
+                raise AdapterPathError(f"{requested!r} is a directory, not an adapter file; {self._hint()}")
+            return real
+        raise AdapterPathError(f"no adapter file {requested!r} in the adapter directories; {self._hint()}")
+
+    @contextmanager
+    def open(self, requested: str) -> Iterator[OpenedAdapterFile]:
+        real = self.resolve(requested)
+        try:
+            fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise AdapterPathError(f"cannot open {requested!r}: {exc.strerror}") from exc
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise AdapterPathError(f"{requested!r} is not a regular file")
+            if info.st_size > MAX_ADAPTER_BYTES:
+                raise AdapterPathError(f"{requested!r} is {info.st_size} bytes: larger than any LoRA adapter should be")
+            yield OpenedAdapterFile(real, fd, info.st_size)
+        finally:
+            os.close(fd)
+
+    def available(self) -> list[str]:
+        """GGUF files an agent may load, as paths relative to their adapter directory."""
+        found: list[str] = []
+        for root in self.roots:
+            if root.is_dir():
+                for p in sorted(root.rglob("*.gguf")):
+                    if p.is_file() and p.resolve().is_relative_to(root):
+                        found.append(str(p.relative_to(root)))
+        return found
+
+    def _hint(self) -> str:
+        files = self.available()
+        listed = ", ".join(files[:20]) if files else "none"
+        return f"adapter files available: {listed} (see list_adapters)"
