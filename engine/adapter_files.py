@@ -8,10 +8,10 @@ so the file checked is the file loaded.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +34,24 @@ class OpenedAdapterFile:
     def proc_path(self) -> str:
         """A path naming exactly this open file (for readers that take paths)."""
         return f"/proc/self/fd/{self.fd}"
+
+
+@contextlib.contextmanager
+def open_adapter_file(real: Path, display: str) -> Iterator[OpenedAdapterFile]:
+    """Open a resolved adapter path once, without following a final symlink."""
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise AdapterPathError(f"cannot open {display!r}: {exc.strerror}") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise AdapterPathError(f"{display!r} is not a regular file")
+        if info.st_size > MAX_ADAPTER_BYTES:
+            raise AdapterPathError(f"{display!r} is {info.st_size} bytes: larger than any LoRA adapter should be")
+        yield OpenedAdapterFile(real, fd, info.st_size)
+    finally:
+        os.close(fd)
 
 
 class AdapterDirectories:
@@ -69,24 +87,10 @@ class AdapterDirectories:
             return real
         raise AdapterPathError(f"no adapter file {requested!r} in the adapter directories; {self._hint()}")
 
-    @contextmanager
-    def open(self, requested: str) -> Iterator[OpenedAdapterFile]:
-        real = self.resolve(requested)
-        try:
-            fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as exc:
-            raise AdapterPathError(f"cannot open {requested!r}: {exc.strerror}") from exc
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise AdapterPathError(f"{requested!r} is not a regular file")
-            if info.st_size > MAX_ADAPTER_BYTES:
-                raise AdapterPathError(f"{requested!r} is {info.st_size} bytes: larger than any LoRA adapter should be")
-            yield OpenedAdapterFile(real, fd, info.st_size)
-        finally:
-            os.close(fd)
+    def open(self, requested: str) -> contextlib.AbstractContextManager[OpenedAdapterFile]:
+        return open_adapter_file(self.resolve(requested), requested)
 
-    def available(self) -> list[str]:
+    def available(self, limit: int = 200) -> list[str]:
         """GGUF files an agent may load, as paths relative to their adapter directory."""
         found: list[str] = []
         for root in self.roots:
@@ -94,6 +98,8 @@ class AdapterDirectories:
                 for p in sorted(root.rglob("*.gguf")):
                     if p.is_file() and p.resolve().is_relative_to(root):
                         found.append(str(p.relative_to(root)))
+                        if len(found) >= limit:
+                            return found
         return found
 
     def _hint(self) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine.adapter_files import AdapterDirectories, OpenedAdapterFile
+from engine.adapter_files import AdapterDirectories, OpenedAdapterFile, open_adapter_file
 from engine.adapter_validation import AdapterFileInfo, validate_adapter
 from engine.errors import InvalidRequest
 from engine.request import AdapterKey, AdapterRef
@@ -85,10 +85,11 @@ class AdapterRegistry:
             raise InvalidRequest(
                 f"adapter name {name!r} is invalid: use 1-64 letters, digits, '.', '_' or '-', starting alphanumeric"
             )
-        directories = (
-            AdapterDirectories([Path(requested_path).expanduser().resolve().parent]) if trusted else self.directories
-        )
-        with directories.open(requested_path) as opened:
+        if trusted:
+            opening = open_adapter_file(Path(requested_path).expanduser().resolve(), requested_path)
+        else:
+            opening = self.directories.open(requested_path)
+        with opening as opened:
             st = os.fstat(opened.fd)
             identity = (st.st_dev, st.st_ino)
             existing = self._loaded.get(name)

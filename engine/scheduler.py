@@ -116,19 +116,32 @@ class Scheduler:
         return moves
 
     def _choose_group(self) -> AdapterKey:
-        """Round-robin over adapter groups, `group_quantum` steps each, so none starves and set changes amortise."""
-        live = {s.adapter_key for s in self.running.values()}
+        """Which adapter group this step serves.
+
+        Groups take turns, `group_quantum` steps each, so none starves and the cost of changing the
+        context's adapter set (llama.cpp re-reserves its graph, ~5 ms) is paid once per turn. A group
+        with a request still waiting for its first token gets the next step out of turn: time to first
+        token is what an agent waits on, and such a request needs one step (its prefill).
+        """
+        running = self.running.values()
+        live = {s.adapter_key for s in running}
         self._group_order = [k for k in self._group_order if k in live]
         self._group_order += sorted(live.difference(self._group_order))
         current = self._current_group
-        if current in live and (self._steps_on_group < self.group_quantum or len(live) == 1):
-            self._steps_on_group += 1
-            return current  # type: ignore[return-value]
-        if current in self._group_order:
+        if current in live:
+            waiting_first = {s.adapter_key for s in running if not s.has_first_token}
+            if current not in waiting_first:
+                for key in self._group_order:
+                    if key in waiting_first:
+                        return key  # one step out of turn; the rotation resumes where it was
+            if self._steps_on_group < self.group_quantum or len(live) == 1:
+                self._steps_on_group += 1
+                return current  # type: ignore[return-value]
             i = self._group_order.index(current)  # type: ignore[arg-type]
-            nxt = self._group_order[(i + 1) % len(self._group_order)]
-        else:
-            nxt = self._group_order[0]
-        self._current_group = nxt
+            return self._switch_to(self._group_order[(i + 1) % len(self._group_order)])
+        return self._switch_to(self._group_order[0])
+
+    def _switch_to(self, key: AdapterKey) -> AdapterKey:
+        self._current_group = key
         self._steps_on_group = 1
-        return nxt
+        return key

@@ -10,9 +10,10 @@ from pathlib import Path
 import anyio
 from pydantic import ValidationError
 
-from engine import Engine, EngineConfig
+from engine import Engine, EngineConfig, EngineError
+from engine.config import default_adapter_dir
 from mcp_server.http_app import MCP_PATH, build_http_app
-from mcp_server.tools import build_server
+from mcp_server.server import build_server
 
 logger = logging.getLogger("loramux")
 
@@ -55,8 +56,30 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults["request_timeout"].default,
         help="seconds a request may take, queue wait included (default: %(default)s)",
     )
+    p.add_argument(
+        "--adapter-dir",
+        action="append",
+        type=Path,
+        metavar="DIR",
+        help=f"directory agents may load LoRA adapters from; repeatable (default: {default_adapter_dir()})",
+    )
+    p.add_argument(
+        "--adapter",
+        action="append",
+        type=_named_path,
+        default=[],
+        metavar="NAME=PATH",
+        help="load this adapter at start; repeatable",
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
+
+
+def _named_path(value: str) -> tuple[str, Path]:
+    name, sep, path = value.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {value!r}")
+    return name, Path(path)
 
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:
@@ -71,6 +94,9 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         values["model_path"] = args.model
     if args.threads is not None:
         values["threads"] = args.threads
+    if args.adapter_dir:
+        values["adapter_dirs"] = tuple(args.adapter_dir)
+    values["preload_adapters"] = tuple(args.adapter)
     return EngineConfig(**values)
 
 
@@ -86,10 +112,15 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"loramux: invalid configuration:\n{exc}\n")
         raise SystemExit(2) from None
     engine = Engine(config)
-    if args.http:
-        anyio.run(_serve_http, engine, args.host, args.port)
-    else:
-        anyio.run(build_server(engine, own_engine=True).run_stdio_async)
+    try:
+        if args.http:
+            anyio.run(_serve_http, engine, args.host, args.port)
+        else:
+            anyio.run(build_server(engine, own_engine=True).run_stdio_async)
+    except* EngineError as group:  # e.g. a preloaded adapter that fails validation
+        for exc in group.exceptions:
+            sys.stderr.write(f"loramux: {exc}\n")
+        raise SystemExit(2) from None
 
 
 async def _serve_http(engine: Engine, host: str, port: int) -> None:
@@ -101,3 +132,5 @@ async def _serve_http(engine: Engine, host: str, port: int) -> None:
     logger.info("model %s", engine.config.model_path.name)
     logger.info("MCP endpoint http://%s:%d%s  (health: /health)", url_host, port, MCP_PATH)
     await server.serve()
+    if not server.started:  # the lifespan (engine start) failed; uvicorn has logged why
+        raise SystemExit(3)

@@ -71,17 +71,41 @@ def test_chunks_are_sorted_by_seq_id() -> None:
     assert [c.seq.seq_id for c in plan.chunks] == [0, 1, 2, 3]
 
 
+def run_steps(s: Scheduler, n: int) -> list[tuple]:
+    """Schedule n steps, pretending each sampled sequence got a token."""
+    keys = []
+    for _ in range(n):
+        plan = s.schedule(0.0)
+        assert plan is not None
+        assert all(c.seq.adapter_key == plan.adapter_key for c in plan.chunks)
+        keys.append(plan.adapter_key)
+        for c in plan.chunks:
+            if c.seq.is_prefilling:
+                c.seq.num_prefilled += len(c.tokens)
+            if c.samples:
+                c.seq.completion_tokens.append(1)
+    return keys
+
+
+A = (("a", 1.0),)
+B = (("b", 1.0),)
+
+
 def test_adapter_groups_take_turns_by_quantum() -> None:
     s = Scheduler(max_sequences=4, batch_tokens=64, group_quantum=2)
     s.add(make_seq(1, key=()))
-    s.add(make_seq(2, key=(("a", 1.0),)))
-    keys = []
-    for _ in range(6):
-        plan = s.schedule(0.0)
-        assert plan is not None
-        keys.append(plan.adapter_key)
-        assert all(c.seq.adapter_key == plan.adapter_key for c in plan.chunks)
-    assert keys == [(), (), (("a", 1.0),), (("a", 1.0),), (), ()]
+    s.add(make_seq(2, key=A))
+    # the second group gets one step at once for its first token; then turns of two steps
+    assert run_steps(s, 7) == [(), A, (), A, A, (), ()]
+
+
+def test_a_group_waiting_for_its_first_token_is_served_next() -> None:
+    s = Scheduler(max_sequences=4, batch_tokens=64, group_quantum=8)
+    s.add(make_seq(1, key=()))
+    assert run_steps(s, 3) == [(), (), ()]
+    s.add(make_seq(2, key=A))
+    s.add(make_seq(3, key=B))
+    assert run_steps(s, 4) == [A, B, (), ()]
 
 
 def test_holes_left_by_finished_sequences_are_closed_by_moving_the_highest() -> None:

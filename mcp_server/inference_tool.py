@@ -1,9 +1,7 @@
-"""The MCP server and its tools. Thin: validate, call the engine, format. Engine errors become ToolErrors."""
+"""The llm_inference tool: validate arguments, run the engine request, stream progress, format the result."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -15,18 +13,12 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import Field, ValidationError
 
-from engine import ChatMessage, Engine, EngineError, GenerateRequest, SamplingParams
-from mcp_server.schemas import InferenceResult, InferenceTimings, Message, TokenUsage
+from engine import AdapterRef, ChatMessage, Engine, EngineError, GenerateRequest, SamplingParams
+from mcp_server.schemas import AdapterSelection, InferenceResult, InferenceTimings, Message, TokenUsage
 
 logger = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 0.1  # progress notifications carry the new text at most this often
-
-INSTRUCTIONS = """\
-loramux serves a small local language model. Call llm_inference with a `prompt` (one user turn) or
-`messages` (a whole chat). Generation is cheap but the model is small: keep tasks simple and specific.
-Progress notifications carry the text as it is generated."""
-
 
 LLM_INFERENCE_DESCRIPTION = (
     "Generate text with the server's local language model. Give `prompt` for a single question or "
@@ -35,16 +27,7 @@ LLM_INFERENCE_DESCRIPTION = (
 )
 
 
-def build_server(engine: Engine, *, own_engine: bool = False) -> MCPServer:
-    """The MCP server over `engine`. With own_engine, the server's lifespan starts and stops the engine
-    (stdio); otherwise the hosting app does (HTTP, where one engine outlives session managers)."""
-    mcp = MCPServer(
-        name="loramux",
-        title="loramux local LLM",
-        instructions=INSTRUCTIONS,
-        lifespan=(lambda _server: engine) if own_engine else None,
-    )
-
+def register(mcp: MCPServer, engine: Engine) -> None:
     @mcp.tool(
         title="Generate text with the local model",
         description=LLM_INFERENCE_DESCRIPTION,
@@ -98,12 +81,25 @@ def build_server(engine: Engine, *, own_engine: bool = False) -> MCPServer:
         ignore_eos: Annotated[
             bool, Field(description="Keep generating past the model's end token (benchmarks).")
         ] = False,
+        adapters: Annotated[
+            list[AdapterSelection] | None,
+            Field(
+                max_length=8,
+                description="LoRA adapters to apply, each with a scale; several mix. Omit for the base model. "
+                "list_adapters shows what is loaded.",
+            ),
+        ] = None,
+        adapter: Annotated[
+            str | None,
+            Field(max_length=64, description="Shorthand for one adapter at scale 1.0 (instead of `adapters`)."),
+        ] = None,
     ) -> InferenceResult:
         request = _request(
             prompt=prompt,
             messages=messages,
             system=system,
             raw=raw,
+            adapters=_adapter_refs(adapters, adapter),
             sampling=dict(
                 max_tokens=max_tokens,
                 temperature=temperature,
@@ -139,25 +135,31 @@ def build_server(engine: Engine, *, own_engine: bool = False) -> MCPServer:
             text=result.text,
             finish_reason=result.finish_reason,
             model=Path(engine.config.model_path).name,
+            adapters=[AdapterSelection(name=a.name, scale=a.scale) for a in request.adapters],
             usage=TokenUsage(**result.usage.model_dump()),
             timings=InferenceTimings(**result.timings.model_dump()),
         )
 
-    @mcp.resource(
-        "loramux://stats",
-        name="engine_stats",
-        title="Engine statistics",
-        description="Running and waiting requests, decode steps, sequences per step, tokens generated.",
-        mime_type="application/json",
-    )
-    def engine_stats() -> str:
-        return json.dumps(dataclasses.asdict(engine.stats()))
 
-    return mcp
+def _adapter_refs(adapters: list[AdapterSelection] | None, adapter: str | None) -> tuple[AdapterRef, ...]:
+    if adapters is not None and adapter is not None:
+        raise ToolError("give `adapter` (one name) or `adapters` (a list with scales), not both")
+    try:
+        if adapter is not None:
+            return (AdapterRef(name=adapter),)
+        return tuple(AdapterRef(name=a.name, scale=a.scale) for a in adapters or ())
+    except ValidationError as exc:
+        raise ToolError(f"invalid adapter: {exc.errors()[0]['msg']}") from exc
 
 
 def _request(
-    *, prompt: str | None, messages: list[Message] | None, system: str | None, raw: bool, sampling: dict
+    *,
+    prompt: str | None,
+    messages: list[Message] | None,
+    system: str | None,
+    raw: bool,
+    adapters: tuple[AdapterRef, ...],
+    sampling: dict,
 ) -> GenerateRequest:
     """Turn the tool's arguments into an engine request, with errors an agent can act on."""
     if (prompt is None) == (messages is None):
@@ -167,7 +169,7 @@ def _request(
     try:
         params = SamplingParams(**sampling)
         if raw:
-            return GenerateRequest(prompt=prompt, sampling=params)
+            return GenerateRequest(prompt=prompt, sampling=params, adapters=adapters)
         chat = [ChatMessage(role=m.role, content=m.content) for m in messages or ()]
         if prompt is not None:
             chat = [ChatMessage(role="user", content=prompt)]
@@ -175,7 +177,7 @@ def _request(
             if chat and chat[0].role == "system":
                 raise ToolError("`system` was given and `messages` already starts with a system message: keep one")
             chat.insert(0, ChatMessage(role="system", content=system))
-        return GenerateRequest(messages=tuple(chat), sampling=params)
+        return GenerateRequest(messages=tuple(chat), sampling=params, adapters=adapters)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}" for e in exc.errors())
         raise ToolError(f"invalid request: {problems}") from exc
