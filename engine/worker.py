@@ -73,6 +73,8 @@ class Worker:
             for name, path in self.config.preload_adapters:
                 self.adapters.load(name, str(path), trusted=True)
         except BaseException as exc:
+            if hasattr(self, "backend"):
+                self.backend.close()
             self.ready.set_exception(exc)
             return
         self.ready.set_result(self.backend.info)
@@ -85,6 +87,7 @@ class Worker:
             self._flush_events()
             # Requests added after the loop ended never became sequences: the engine fails them all.
             self._emit([(ALL_REQUESTS, EngineStopped("the engine has stopped"))])
+            self._refuse_pending_calls()
             self.adapters.close()
             self.backend.close()
 
@@ -220,6 +223,15 @@ class Worker:
                     f"after {len(seq.completion_tokens)} tokens; ask for fewer max_tokens or retry when less busy"
                 ),
             )
+
+    def _refuse_pending_calls(self) -> None:
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(command, CallOnWorker) and command.future.set_running_or_notify_cancel():
+                command.future.set_exception(EngineStopped("the engine has stopped"))
 
     def _fail_all(self, error: EngineError) -> None:
         for seq in list(self._sequences.values()):

@@ -16,10 +16,10 @@ from mcp import Client, StdioServerParameters
 QUESTION = "Tell me about the ocean."
 
 
-async def tool(client: Client, name: str, **args: object) -> dict:
-    result = await client.call_tool(name, args, read_timeout_seconds=120)
+async def tool(client: Client, tool_name: str, /, **args: object) -> dict:
+    result = await client.call_tool(tool_name, args, read_timeout_seconds=120)
     if result.is_error:
-        raise SystemExit(f"{name} failed: {result.content[0].text}")  # type: ignore[union-attr]
+        raise SystemExit(f"{tool_name} failed: {result.content[0].text}")  # type: ignore[union-attr]
     return result.structured_content  # type: ignore[return-value]
 
 

@@ -71,3 +71,19 @@ async def test_short_adapter_answers_in_one_short_sentence(demo_engine: Engine) 
     assert sum(sentences(t) for t in base) / len(base) >= 2.5  # the base model rambles
     assert sum(sentences(t) == 1 for t in short) >= len(short) - 1, short
     assert sum(len(t.split()) for t in short) / len(short) <= 30, short
+
+
+def test_the_readme_hot_swap_session_runs_as_written() -> None:
+    """scripts/hotswap_demo.py is the session the README shows: it must run on a fresh clone."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "hotswap_demo.py"
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "caps.gguf" in out and "short.gguf" in out
+    caps_answer = out.split("[caps] ", 1)[1].split("\n", 1)[0]
+    assert upper_share([caps_answer]) >= 0.8
+    assert "unloaded caps after" in out and "loaded: ['short']" in out
