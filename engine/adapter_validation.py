@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from gguf import GGUFReader
-
 from engine.errors import InvalidRequest
+from engine.gguf_header import GGUFFormatError, GGUFHeader, read_gguf_header
 
 GGUF_MAGIC = b"GGUF"
 
@@ -30,11 +29,6 @@ class AdapterFileInfo:
     num_tensors: int
 
 
-def _field(reader: GGUFReader, key: str) -> object:
-    field = reader.fields.get(key)
-    return None if field is None else field.contents()
-
-
 def validate_adapter(
     path: str, *, size: int, display_name: str, base_architecture: str, base_shapes: Mapping[str, tuple[int, ...]]
 ) -> AdapterFileInfo:
@@ -44,32 +38,37 @@ def validate_adapter(
         raise AdapterFileError(f"{where} is empty")
     with open(path, "rb") as f:
         magic = f.read(4)
-    if magic != GGUF_MAGIC:
-        raise AdapterFileError(f"{where} is not a GGUF file (it starts with {magic!r}, not b'GGUF')")
-    try:
-        reader = GGUFReader(path)
-    except Exception as exc:  # the reader raises many kinds on bad input
-        raise AdapterFileError(f"{where} is a truncated or corrupt GGUF file ({type(exc).__name__}: {exc})") from exc
+        if magic != GGUF_MAGIC:
+            raise AdapterFileError(f"{where} is not a GGUF file (it starts with {magic!r}, not b'GGUF')")
+        f.seek(0)
+        try:
+            header: GGUFHeader = read_gguf_header(f, size)
+            data_end = header.data_end()
+        except GGUFFormatError as exc:
+            raise AdapterFileError(f"{where} is a truncated or corrupt GGUF file ({exc})") from exc
+    if data_end > size:
+        raise AdapterFileError(f"{where} is truncated: its tensors need {data_end} bytes, the file has {size}")
+    meta = header.metadata
 
-    kind = _field(reader, "general.type")
+    kind = meta.get("general.type")
     if kind != "adapter":
         what = "a full model" if kind in (None, "model") else f"general.type = {kind!r}"
         raise AdapterFileError(f"{where} is {what}, not a LoRA adapter (general.type must be 'adapter')")
-    adapter_type = _field(reader, "adapter.type")
+    adapter_type = meta.get("adapter.type")
     if adapter_type != "lora":
         raise AdapterFileError(f"{where} is a {adapter_type!r} adapter; only 'lora' adapters are supported")
-    arch = _field(reader, "general.architecture")
+    arch = meta.get("general.architecture")
     if arch != base_architecture:
         raise AdapterFileError(
             f"{where} is an adapter for the {arch!r} architecture, but the served model is {base_architecture!r}"
         )
 
     pairs: dict[str, dict[str, tuple[int, ...]]] = {}
-    for tensor in reader.tensors:
+    for tensor in header.tensors:
         name = tensor.name
         for suffix in (".lora_a", ".lora_b"):
             if name.endswith(suffix):
-                pairs.setdefault(name[: -len(suffix)], {})[suffix] = tuple(int(x) for x in tensor.shape)
+                pairs.setdefault(name[: -len(suffix)], {})[suffix] = tensor.shape
                 break
         else:
             raise AdapterFileError(f"{where} has tensor {name!r}, which is not a LoRA tensor (.lora_a / .lora_b)")
@@ -95,7 +94,7 @@ def validate_adapter(
         parts = base_name.split(".")
         modules.add(parts[2] if len(parts) > 3 and parts[0] == "blk" else base_name)
 
-    alpha_field = _field(reader, "adapter.lora.alpha")
+    alpha_field = meta.get("adapter.lora.alpha")
     rank = max(ranks)
     alpha = float(alpha_field) if isinstance(alpha_field, int | float) else float(rank)
     return AdapterFileInfo(

@@ -13,13 +13,13 @@ import os
 from typing import Any
 
 import llama_cpp
-from gguf import GGUFReader
 
 from engine.adapter_files import OpenedAdapterFile
 from engine.adapter_validation import AdapterFileError
 from engine.backend import ModelInfo
 from engine.config import EngineConfig
 from engine.errors import EngineFailure
+from engine.gguf_header import read_gguf_header
 from engine.llama_log import quiet_llama_logs
 from engine.request import SamplingParams
 from engine.sampler import LlamaSampler
@@ -171,8 +171,9 @@ class LlamaRuntime:
 
     def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
         """Base tensor names and ggml shapes, to validate adapters against."""
-        reader = GGUFReader(self.info.path)
-        return {t.name: tuple(int(x) for x in t.shape) for t in reader.tensors}
+        with open(self.info.path, "rb") as f:
+            header = read_gguf_header(f, os.fstat(f.fileno()).st_size)
+        return {t.name: t.shape for t in header.tensors}
 
     def load_adapter(self, opened: OpenedAdapterFile) -> Any:
         """Load from the already opened and validated file, not from its path (no swap in between)."""

@@ -144,7 +144,7 @@ def _bad_files(d: Path) -> dict[str, tuple[str, str]]:
     return {
         "random.gguf": ("random bytes", "not a GGUF file"),
         "empty.gguf": ("empty", "is empty"),
-        "truncated.gguf": ("a third of a good adapter", "truncated or corrupt"),
+        "truncated.gguf": ("a third of a good adapter", "truncated"),
         "header_only.gguf": ("40 bytes of a good adapter", "truncated or corrupt"),
         "model_type.gguf": ("general.type = model", "not a LoRA adapter"),
         "other_arch.gguf": ("an adapter for qwen2", "'qwen2' architecture"),
