@@ -38,6 +38,9 @@ class EngineConfig(BaseModel):
         ),
     )
     threads: int = Field(default_factory=_default_threads, ge=1, le=256)
+    group_steps: int = Field(
+        8, ge=1, le=1000, description="Decode steps an adapter group keeps the context before the next group's turn."
+    )
     queue_depth: int = Field(64, ge=0, le=100_000, description="Requests that may wait for a free sequence.")
     request_timeout: float = Field(600.0, gt=0, description="Seconds a request may take, queue wait included.")
     adapter_dirs: tuple[Path, ...] = Field(

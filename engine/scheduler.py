@@ -88,31 +88,60 @@ class Scheduler:
         return StepPlan(key, chunks, moves)
 
     def _admit(self, now: float) -> None:
-        while self.waiting and self._free_seq_ids:
-            seq = self.waiting.popleft()
-            seq.seq_id = heapq.heappop(self._free_seq_ids)
+        n = min(len(self.waiting), len(self._free_seq_ids))
+        if not n:
+            return
+        admitted = [self.waiting.popleft() for _ in range(n)]
+        # Seq ids of one adapter group should be consecutive, since a step serves one group and llama.cpp
+        # co-batches only consecutive ids (see _compact): hand out ids group by group.
+        turn = {key: i for i, key in enumerate(self._group_order)}
+        admitted.sort(key=lambda s: (turn.get(s.adapter_key, len(turn)), s.adapter_key))
+        for seq in admitted:
+            seq.seq_id = self._take_seq_id(seq.adapter_key)
             seq.status = SeqStatus.RUNNING
             seq.admitted_at = now
             self.running[seq.seq_id] = seq
 
+    def _take_seq_id(self, key: AdapterKey) -> int:
+        """A free id next to a running member of the same group if there is one, else the lowest free id."""
+        free = self._free_seq_ids
+        for member in sorted(i for i, s in self.running.items() if s.adapter_key == key):
+            for candidate in (member + 1, member - 1):
+                if candidate in free:
+                    free.remove(candidate)
+                    heapq.heapify(free)
+                    return candidate
+        return heapq.heappop(free)
+
     def _compact(self) -> list[tuple[int, int]]:
-        """Keep running seq ids contiguous from 0 by moving the highest ones into holes.
+        """Keep each adapter group's seq ids consecutive by moving its highest member into holes.
 
         With one KV stream per sequence, llama.cpp puts a sequence in the same micro-batch as the
-        previous one only if its id is exactly one higher: running ids {0, 2, 3, 5} would cost three
-        passes over the weights per step instead of one. Admissions fill holes first (free); a move
-        copies one sequence's KV stream (a few ms) and is paid once, the split would be paid every step.
+        previous one only if its id is exactly one higher, and a step serves one group: a group at ids
+        {0, 2, 3, 5} would cost three passes over the weights per step instead of one. Only holes inside
+        a group's range matter (ids need not start at 0). Admissions fill holes first, for free; a move
+        copies one sequence's KV stream (a few ms) once, where the split would cost every step.
         """
         moves = []
-        while self._free_seq_ids and self.running:
-            hole, top = self._free_seq_ids[0], max(self.running)
-            if hole > top:
-                break
-            heapq.heapreplace(self._free_seq_ids, top)
-            seq = self.running.pop(top)
-            seq.seq_id = hole
-            self.running[hole] = seq
-            moves.append((top, hole))
+        groups: dict[AdapterKey, list[int]] = {}
+        for seq_id, seq in self.running.items():
+            groups.setdefault(seq.adapter_key, []).append(seq_id)
+        for ids in groups.values():
+            ids.sort()
+            while len(ids) > 1:
+                holes = [f for f in self._free_seq_ids if ids[0] < f < ids[-1]]
+                if not holes:
+                    break
+                src, dst = ids.pop(), min(holes)
+                self._free_seq_ids.remove(dst)
+                self._free_seq_ids.append(src)
+                heapq.heapify(self._free_seq_ids)
+                seq = self.running.pop(src)
+                seq.seq_id = dst
+                self.running[dst] = seq
+                ids.append(dst)
+                ids.sort()
+                moves.append((src, dst))
         return moves
 
     def _choose_group(self) -> AdapterKey:

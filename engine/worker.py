@@ -43,7 +43,9 @@ class Worker:
         self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._events: EventBatch = []
         self._sequences: dict[int, Sequence] = {}  # request id → live sequence
-        self.scheduler = Scheduler(max_sequences=config.max_sequences, batch_tokens=config.batch_tokens)
+        self.scheduler = Scheduler(
+            max_sequences=config.max_sequences, batch_tokens=config.batch_tokens, group_quantum=config.group_steps
+        )
         self.counters = StepCounters(config.max_sequences)
         self.ready: Future[ModelInfo] = Future()
         self._thread = threading.Thread(target=self._main, name="loramux-engine", daemon=True)

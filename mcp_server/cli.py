@@ -43,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults["batch_tokens"].default,
         help="most prompt tokens prefilled per step (default: %(default)s)",
     )
+    p.add_argument(
+        "--group-steps",
+        type=int,
+        default=defaults["group_steps"].default,
+        help="decode steps one adapter group runs before the next group's turn (default: %(default)s)",
+    )
     p.add_argument("--threads", type=int, help="llama.cpp threads (default: the number of cores, at most 8)")
     p.add_argument(
         "--queue-depth",
@@ -87,6 +93,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         context_per_sequence=args.context,
         max_sequences=args.max_sequences,
         batch_tokens=args.batch_tokens,
+        group_steps=args.group_steps,
         queue_depth=args.queue_depth,
         request_timeout=args.request_timeout,
     )

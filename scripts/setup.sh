@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install loramux with its test tools. Idempotent: re-installs only when
-# pyproject.toml changed. The first run compiles llama-cpp-python (~10 min on 2 cores; pip caches it).
+# pyproject.toml or this script changed. The first run compiles llama-cpp-python (~12 min on 2 cores);
+# the wheel is kept in ~/.cache/loramux, so later set-ups and fresh clones reuse it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -8,12 +9,27 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
   echo "loramux needs Python >= 3.11 (set PYTHON=/path/to/python3.11)" >&2
   exit 1
 fi
+
+# llama.cpp without llamafile's sgemm: it takes over f32/f16 matmuls only for batches of 2+ tokens,
+# with another summation order than ggml's kernels, so a LoRA request's output would depend on
+# whether others shared its step. Without it, outputs are the same alone and batched. Decoding runs
+# one token per sequence, which sgemm never handled anyway.
+LLAMA_VERSION=0.3.36
+LLAMA_CMAKE_ARGS="-DGGML_LLAMAFILE=OFF"
+WHEELS="${XDG_CACHE_HOME:-$HOME/.cache}/loramux/wheels/llama-cpp-python-$LLAMA_VERSION-$(echo "$LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-12)"
+
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 stamp=.venv/.loramux-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "setting up .venv (the first time compiles llama.cpp: about 10 minutes)..." >&2
   .venv/bin/python -m pip install --quiet --upgrade pip >&2
-  CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) .venv/bin/python -m pip install --quiet -e '.[test]' >&2
+  if ! ls "$WHEELS"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+    echo "building llama-cpp-python $LLAMA_VERSION (about 12 minutes on 2 cores, once)..." >&2
+    mkdir -p "$WHEELS"
+    CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) .venv/bin/python -m pip wheel \
+      --quiet --no-cache-dir --no-deps "llama-cpp-python==$LLAMA_VERSION" -w "$WHEELS" >&2
+  fi
+  .venv/bin/python -m pip install --quiet --force-reinstall --no-deps "$WHEELS"/llama_cpp_python-*.whl >&2
+  .venv/bin/python -m pip install --quiet -e '.[test]' >&2
   echo "$want" > "$stamp"
 fi

@@ -65,7 +65,8 @@ def export_gguf(model, out: Path, *, alpha: float) -> int:
         layer = int(name.split(".layers.")[1].split(".")[0])
         module = next(m for m in GGUF_NAMES if f".{m}." in name)
         half = "lora_a" if ".lora_A." in name else "lora_b"
-        writer.add_tensor(f"blk.{layer}.{GGUF_NAMES[module]}.weight.{half}", param.detach().float().numpy())
+        # f16, as llama.cpp's convert_lora_to_gguf.py writes adapters: half the bytes to load
+        writer.add_tensor(f"blk.{layer}.{GGUF_NAMES[module]}.weight.{half}", param.detach().half().numpy())
         n += 1
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

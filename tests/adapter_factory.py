@@ -33,6 +33,7 @@ def write_lora(
     wrong_shape: bool = False,
     unknown_tensor: bool = False,
     missing_b: bool = False,
+    dtype: type = np.float16,
 ) -> Path:
     rng = np.random.default_rng(seed)
     w = GGUFWriter(str(path), arch)
@@ -45,8 +46,8 @@ def write_lora(
             n_in, n_out = base_shapes()[name]
             if wrong_shape:
                 n_in += 1
-            a = (rng.standard_normal((rank, n_in)) * strength).astype(np.float32)  # numpy (r, n_in)
-            b = (rng.standard_normal((n_out, rank)) * strength).astype(np.float32)  # numpy (n_out, r)
+            a = (rng.standard_normal((rank, n_in)) * strength).astype(dtype)  # numpy (r, n_in)
+            b = (rng.standard_normal((n_out, rank)) * strength).astype(dtype)  # numpy (n_out, r)
             w.add_tensor(f"{name}.lora_a", a)
             if not missing_b:
                 w.add_tensor(f"{name}.lora_b", b)

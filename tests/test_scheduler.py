@@ -121,6 +121,17 @@ def test_holes_left_by_finished_sequences_are_closed_by_moving_the_highest() -> 
     assert [c.seq.seq_id for c in plan.chunks] == [0, 1, 2]
 
 
+def test_a_hole_below_every_running_id_needs_no_move() -> None:
+    s = Scheduler(max_sequences=3, batch_tokens=64)
+    seqs = [make_seq(i) for i in range(1, 4)]
+    for q in seqs:
+        s.add(q)
+    s.schedule(0.0)
+    s.remove(seqs[0])
+    plan = s.schedule(0.0)
+    assert plan is not None and plan.moves == []  # ids 1, 2 are consecutive already
+
+
 def test_a_waiting_request_fills_a_hole_without_a_move() -> None:
     s = Scheduler(max_sequences=3, batch_tokens=64)
     seqs = [make_seq(i) for i in range(1, 5)]
@@ -130,3 +141,24 @@ def test_a_waiting_request_fills_a_hole_without_a_move() -> None:
     s.remove(seqs[0])
     plan = s.schedule(0.0)
     assert plan is not None and plan.moves == [] and seqs[3].seq_id == 0
+
+
+def test_admitted_requests_get_consecutive_seq_ids_per_adapter_group() -> None:
+    s = Scheduler(max_sequences=6, batch_tokens=64)
+    for i, key in enumerate([A, B, A, B], start=1):
+        s.add(make_seq(i, key=key))
+    s.schedule(0.0)
+    ids = {key: sorted(i for i, q in s.running.items() if q.adapter_key == key) for key in (A, B)}
+    assert ids == {A: [0, 1], B: [2, 3]}
+
+
+def test_a_newcomer_takes_a_free_id_next_to_its_group() -> None:
+    s = Scheduler(max_sequences=6, batch_tokens=64)
+    seqs = [make_seq(i, key=key) for i, key in enumerate([A, A, B, B, B], start=1)]
+    for q in seqs:
+        s.add(q)
+    s.schedule(0.0)  # A: 0, 1; B: 2, 3, 4; free: 5
+    s.remove(seqs[0])  # free: 0, 5
+    s.add(make_seq(9, key=B))
+    s.schedule(0.0)
+    assert s.running[5].request_id == 9  # next to B's 4, not the lowest free id 0
