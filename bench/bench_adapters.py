@@ -154,7 +154,7 @@ def report(results: dict, args: argparse.Namespace) -> str:
         )
     lines += [
         "",
-        f"`load_adapter` round trip over MCP (load a {Path('lora0.gguf').name}-sized file as a new name, then unload), "
+        "`load_adapter` round trip over MCP (load one of the adapter files under a new name, then unload it), "
         f"while streaming calls of {args.stream_tokens} tokens across 4 adapters run:",
         "",
         "| concurrent streams | loads measured | p50 ms | p95 ms | failed requests |",

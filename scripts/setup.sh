@@ -15,7 +15,7 @@ fi
 # whether others shared its step. Without it, outputs are the same alone and batched. Decoding runs
 # one token per sequence, which sgemm never handled anyway.
 LLAMA_VERSION=0.3.36
-LLAMA_CMAKE_ARGS="-DGGML_LLAMAFILE=OFF"
+LLAMA_CMAKE_ARGS=${LORAMUX_LLAMA_CMAKE_ARGS:-"-DGGML_LLAMAFILE=OFF"}  # override to trade invariance for LoRA speed
 WHEELS="${XDG_CACHE_HOME:-$HOME/.cache}/loramux/wheels/llama-cpp-python-$LLAMA_VERSION-$(echo "$LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-12)"
 
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
