@@ -39,7 +39,7 @@ class StepPlan:
 
 
 class Scheduler:
-    def __init__(self, *, max_sequences: int, batch_tokens: int, group_quantum: int = 4) -> None:
+    def __init__(self, *, max_sequences: int, batch_tokens: int, group_quantum: int = 8) -> None:
         self.batch_tokens = batch_tokens
         self.group_quantum = group_quantum  # steps a group keeps the context before another group's turn
         self.waiting: deque[Sequence] = deque()
