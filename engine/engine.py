@@ -19,6 +19,7 @@ import anyio
 from anyio.from_thread import BlockingPortal
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from engine.adapter_files import AdapterDirectories
 from engine.adapter_registry import AdapterInfo
 from engine.backend import ModelInfo
 from engine.commands import AbortRequest, AddRequest, CallOnWorker, Event, EventBatch, Shutdown
@@ -108,7 +109,7 @@ class Engine:
             lambda w: [w.backend.sequence_max_position(i) for i in range(self.config.max_sequences)]
         )
 
-    # -- adapters (all run on the worker between decode steps) ----------------------------------------
+    # -- adapters (loads, unloads and lists run on the worker between decode steps) -------------------
 
     async def load_adapter(self, name: str, path: str) -> tuple[AdapterInfo, bool]:
         """Load the adapter file `path` (inside an adapter directory) as `name`; (info, newly loaded)."""
@@ -121,7 +122,8 @@ class Engine:
         return await self.call_on_worker(lambda w: w.adapters.list())
 
     async def available_adapter_files(self) -> list[str]:
-        return await self.call_on_worker(lambda w: w.adapters.directories.available())
+        # A directory walk needs no llama.cpp state: keep it off the worker, which would stall every stream.
+        return await anyio.to_thread.run_sync(AdapterDirectories(self.config.adapter_dirs).available)
 
     def _submit(self, stream: RequestStream) -> None:
         worker = self._require_worker()

@@ -12,8 +12,8 @@ MAX_STOP_STRINGS = 16
 class ChatMessage(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    role: Literal["system", "user", "assistant"]
-    content: str
+    role: Literal["system", "user", "assistant"] = Field(description="Who wrote the message.")
+    content: str = Field(max_length=200_000, description="The message text.")
 
 
 class AdapterRef(BaseModel):
@@ -21,8 +21,8 @@ class AdapterRef(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str = Field(min_length=1, max_length=128)
-    scale: float = Field(1.0, ge=-4.0, le=4.0)
+    name: str = Field(min_length=1, max_length=64, description="A loaded adapter's name.")
+    scale: float = Field(1.0, ge=-4.0, le=4.0, description="Strength; 1.0 as trained, 0 disables it.")
 
 
 # A request's adapter set in canonical form: sorted (name, scale) pairs. Requests with equal keys can

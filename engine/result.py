@@ -11,8 +11,8 @@ FinishReason = Literal["stop", "length", "cancelled"]
 
 
 class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
+    prompt_tokens: int = Field(description="Tokens in the rendered prompt.")
+    completion_tokens: int = Field(description="Tokens generated.")
     total_tokens: int
 
 

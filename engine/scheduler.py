@@ -70,7 +70,7 @@ class Scheduler:
             return None
         moves = self._compact()
         key = self._choose_group()
-        members = sorted((s for s in self.running.values() if s.adapter_key == key), key=lambda s: s.seq_id)
+        members = [s for s in self.running.values() if s.adapter_key == key]
         chunks: list[Chunk] = []
         for seq in members:
             if not seq.is_prefilling:

@@ -149,13 +149,11 @@ class Worker:
                     "(or start the server with a larger --context)"
                 )
             self.adapters.acquire(request.adapters, request.adapter_key)  # last: nothing may fail after it
-        except EngineError as exc:
+        except Exception as exc:
+            if not isinstance(exc, EngineError):
+                logger.exception("could not prepare request %d", command.request_id)
+                exc = EngineFailure("the engine could not prepare this request")
             self._events.append((command.request_id, exc))
-            self.counters.requests_failed += 1
-            return
-        except Exception:
-            logger.exception("could not prepare request %d", command.request_id)
-            self._events.append((command.request_id, EngineFailure("the engine could not prepare this request")))
             self.counters.requests_failed += 1
             return
         seq = Sequence(

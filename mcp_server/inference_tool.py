@@ -14,7 +14,7 @@ from mcp.types import ToolAnnotations
 from pydantic import Field, ValidationError
 
 from engine import AdapterRef, ChatMessage, Engine, EngineError, GenerateRequest, SamplingParams
-from mcp_server.schemas import AdapterSelection, InferenceResult, InferenceTimings, Message, TokenUsage
+from mcp_server.schemas import InferenceResult
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def register(mcp: MCPServer, engine: Engine) -> None:
             ),
         ] = None,
         messages: Annotated[
-            list[Message] | None,
+            list[ChatMessage] | None,
             Field(
                 min_length=1,
                 max_length=512,
@@ -82,7 +82,7 @@ def register(mcp: MCPServer, engine: Engine) -> None:
             bool, Field(description="Keep generating past the model's end token (benchmarks).")
         ] = False,
         adapters: Annotated[
-            list[AdapterSelection] | None,
+            list[AdapterRef] | None,
             Field(
                 max_length=8,
                 description="LoRA adapters to apply, each with a scale; several mix. Omit for the base model. "
@@ -135,13 +135,13 @@ def register(mcp: MCPServer, engine: Engine) -> None:
             text=result.text,
             finish_reason=result.finish_reason,
             model=Path(engine.config.model_path).name,
-            adapters=[AdapterSelection(name=a.name, scale=a.scale) for a in request.adapters],
-            usage=TokenUsage(**result.usage.model_dump()),
-            timings=InferenceTimings(**result.timings.model_dump()),
+            adapters=list(request.adapters),
+            usage=result.usage,
+            timings=result.timings,
         )
 
 
-def _adapter_refs(adapters: list[AdapterSelection] | None, adapter: str | None) -> tuple[AdapterRef, ...]:
+def _adapter_refs(adapters: list[AdapterRef] | None, adapter: str | None) -> tuple[AdapterRef, ...]:
     if adapters is not None and adapter is not None:
         raise ToolError("give `adapter` (one name) or `adapters` (a list with scales), not both")
     try:
@@ -155,7 +155,7 @@ def _adapter_refs(adapters: list[AdapterSelection] | None, adapter: str | None) 
 def _request(
     *,
     prompt: str | None,
-    messages: list[Message] | None,
+    messages: list[ChatMessage] | None,
     system: str | None,
     raw: bool,
     adapters: tuple[AdapterRef, ...],
@@ -170,7 +170,7 @@ def _request(
         params = SamplingParams(**sampling)
         if raw:
             return GenerateRequest(prompt=prompt, sampling=params, adapters=adapters)
-        chat = [ChatMessage(role=m.role, content=m.content) for m in messages or ()]
+        chat = list(messages or ())
         if prompt is not None:
             chat = [ChatMessage(role="user", content=prompt)]
         if system is not None:

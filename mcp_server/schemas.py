@@ -1,4 +1,4 @@
-"""The tool's structured output, with OpenAI-style field names."""
+"""The tools' structured outputs (OpenAI-style field names); inputs and parts reuse the engine's types."""
 
 from __future__ import annotations
 
@@ -6,28 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-
-class Message(BaseModel):
-    role: Literal["system", "user", "assistant"] = Field(description="Who wrote the message.")
-    content: str = Field(max_length=200_000, description="The message text.")
-
-
-class AdapterSelection(BaseModel):
-    name: str = Field(min_length=1, max_length=64, description="A loaded adapter's name.")
-    scale: float = Field(1.0, ge=-4.0, le=4.0, description="Strength; 1.0 as trained, 0 disables it.")
-
-
-class TokenUsage(BaseModel):
-    prompt_tokens: int = Field(description="Tokens in the rendered prompt.")
-    completion_tokens: int = Field(description="Tokens generated.")
-    total_tokens: int
-
-
-class InferenceTimings(BaseModel):
-    queue_ms: float = Field(description="Time spent waiting for a free slot.")
-    ttft_ms: float | None = Field(description="Time to first token.")
-    total_ms: float
-    tokens_per_second: float
+from engine import AdapterRef, Timings, Usage
 
 
 class InferenceResult(BaseModel):
@@ -36,9 +15,9 @@ class InferenceResult(BaseModel):
         description="stop: the model ended or hit a stop string; length: max_tokens or the context was reached."
     )
     model: str = Field(description="File name of the served model.")
-    adapters: list[AdapterSelection] = Field(description="The adapter set the text was generated with.")
-    usage: TokenUsage
-    timings: InferenceTimings
+    adapters: list[AdapterRef] = Field(description="The adapter set the text was generated with.")
+    usage: Usage
+    timings: Timings
 
 
 class AdapterDetails(BaseModel):

@@ -1,7 +1,7 @@
 """A hot-swap session: load two demo adapters into a running server, use them, swap, unload.
 
-    .venv/bin/python scripts/hotswap_demo.py                               # spawns `loramux` over stdio
-    .venv/bin/python scripts/hotswap_demo.py --url http://127.0.0.1:8000/mcp   # a running `loramux --http`
+.venv/bin/python scripts/hotswap_demo.py                               # spawns `loramux` over stdio
+.venv/bin/python scripts/hotswap_demo.py --url http://127.0.0.1:8000/mcp   # a running `loramux --http`
 """
 
 from __future__ import annotations
