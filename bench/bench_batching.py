@@ -23,8 +23,9 @@ from mcp import Client
 
 from bench.raw_decode import raw_batched_decode
 from engine import ChatMessage, EngineConfig, GenerateRequest
-from engine.llama_runtime import LlamaRuntime
-from engine.prompt import PromptBuilder
+from engine.chat_template import ChatTemplate
+from engine.llama_runner import LlamaRunner
+from engine.preparation import RequestPreparer
 from tests.http_server import http_server
 
 TOPICS = ["rivers", "volcanoes", "owls", "bread", "glaciers", "chess", "bees", "comets"]
@@ -126,12 +127,14 @@ async def bench_all(url: str, levels: list[int], max_tokens: int, repeats: int, 
 
 def prompt_tokens(texts: list[str]) -> list[list[int]]:
     """The exact tokens the server decodes for these prompts (chat template included)."""
-    runtime = LlamaRuntime(EngineConfig(max_sequences=1, context_per_sequence=512))
+    runner = LlamaRunner(EngineConfig(max_sequences=1, context_per_sequence=512))
     try:
-        builder = PromptBuilder(runtime)
+        builder = RequestPreparer(
+            runner.vocab, ChatTemplate.for_vocab(runner.vocab), context_per_request=512, timeout=60
+        )
         return [builder.tokens(GenerateRequest(messages=(ChatMessage(role="user", content=t),))) for t in texts]
     finally:
-        runtime.close()
+        runner.close()
 
 
 def main() -> None:

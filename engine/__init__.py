@@ -1,9 +1,11 @@
-"""loramux's inference engine: one resident llama.cpp model, continuously batched requests. Knows nothing of MCP."""
+"""loramux's inference engine: one resident llama.cpp model, continuously batched requests. Knows nothing of MCP.
 
-from engine.backend import ModelInfo
+Front ends depend on `InferenceEngine` (interface.py); `LlamaEngine` (alias `Engine`) implements it.
+"""
+
 from engine.config import EngineConfig
 from engine.default_model import default_model_path
-from engine.engine import Engine, RequestStream
+from engine.engine import Engine, LlamaEngine, RequestStream
 from engine.errors import (
     EngineBusy,
     EngineError,
@@ -13,11 +15,14 @@ from engine.errors import (
     PromptTooLong,
     RequestTimedOut,
 )
+from engine.info import AdapterInfo, AdapterListing, EngineState, EngineStats, LoadedAdapter, ModelInfo
+from engine.interface import GenerationStream, InferenceEngine
 from engine.request import AdapterRef, ChatMessage, GenerateRequest, SamplingParams
 from engine.result import FinishReason, GenerationResult, TextDelta, Timings, Usage
-from engine.stats import EngineStats
 
 __all__ = [
+    "AdapterInfo",
+    "AdapterListing",
     "AdapterRef",
     "ChatMessage",
     "Engine",
@@ -25,12 +30,17 @@ __all__ = [
     "EngineConfig",
     "EngineError",
     "EngineFailure",
+    "EngineState",
     "EngineStats",
     "EngineStopped",
     "FinishReason",
     "GenerateRequest",
     "GenerationResult",
+    "GenerationStream",
+    "InferenceEngine",
     "InvalidRequest",
+    "LlamaEngine",
+    "LoadedAdapter",
     "ModelInfo",
     "PromptTooLong",
     "RequestStream",

@@ -8,10 +8,9 @@ so the file checked is the file loaded.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,21 +25,28 @@ class AdapterPathError(InvalidRequest):
 
 @dataclass(frozen=True)
 class OpenedAdapterFile:
+    """An open adapter file. Whoever holds it closes it; the core only borrows it to load from."""
+
     path: Path  # the real path, inside an adapter directory
     fd: int
     size: int
+    identity: tuple[int, int]  # (st_dev, st_ino): "the same file", for idempotent loads
 
     @property
     def proc_path(self) -> str:
         """A path naming exactly this open file (for readers that take paths)."""
         return f"/proc/self/fd/{self.fd}"
 
+    def close(self) -> None:
+        os.close(self.fd)
 
-@contextlib.contextmanager
-def open_adapter_file(real: Path, display: str) -> Iterator[OpenedAdapterFile]:
-    """Open a resolved adapter path once, without following a final symlink."""
+
+def open_adapter_file(real: Path, display: str) -> OpenedAdapterFile:
+    """Open a resolved adapter path once, without following a final symlink.
+
+    O_NONBLOCK: opening a FIFO must not wait for a writer; only regular files are kept."""
     try:
-        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
         raise AdapterPathError(f"cannot open {display!r}: {exc.strerror}") from exc
     try:
@@ -49,9 +55,11 @@ def open_adapter_file(real: Path, display: str) -> Iterator[OpenedAdapterFile]:
             raise AdapterPathError(f"{display!r} is not a regular file")
         if info.st_size > MAX_ADAPTER_BYTES:
             raise AdapterPathError(f"{display!r} is {info.st_size} bytes: larger than any LoRA adapter should be")
-        yield OpenedAdapterFile(real, fd, info.st_size)
-    finally:
+        os.set_blocking(fd, True)
+    except BaseException:
         os.close(fd)
+        raise
+    return OpenedAdapterFile(real, fd, info.st_size, (info.st_dev, info.st_ino))
 
 
 class AdapterDirectories:
@@ -87,7 +95,7 @@ class AdapterDirectories:
             return real
         raise AdapterPathError(f"no adapter file {requested!r} in the adapter directories; {self._hint()}")
 
-    def open(self, requested: str) -> contextlib.AbstractContextManager[OpenedAdapterFile]:
+    def open(self, requested: str) -> OpenedAdapterFile:
         return open_adapter_file(self.resolve(requested), requested)
 
     def available(self, limit: int = 200) -> list[str]:

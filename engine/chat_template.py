@@ -9,7 +9,6 @@ The result is a list of segments marked as template markup or message content, s
 
 from __future__ import annotations
 
-import logging
 import re
 import secrets
 from collections.abc import Sequence
@@ -18,10 +17,9 @@ from datetime import datetime
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from engine.errors import InvalidRequest
+from engine.errors import EngineFailure, InvalidRequest
 from engine.request import ChatMessage
-
-logger = logging.getLogger(__name__)
+from engine.vocab import Vocab
 
 # Used when a GGUF has no template of its own.
 CHATML_TEMPLATE = (
@@ -42,27 +40,47 @@ class ChatTemplate:
         env.globals["raise_exception"] = _raise_exception
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
         self.source = source or CHATML_TEMPLATE
-        self._template = env.from_string(self.source)
+        try:
+            self._template = env.from_string(self.source)
+        except TemplateError as exc:
+            raise EngineFailure(f"the chat template does not compile: {exc}") from exc
         self._bos_token = bos_token
         self._eos_token = eos_token
 
+    @classmethod
+    def for_vocab(cls, vocab: Vocab, source: str | None = None) -> ChatTemplate:
+        """The model's own template (or `source`), with the model's special tokens."""
+        return cls(
+            source if source is not None else vocab.chat_template(),
+            bos_token=vocab.token_text(vocab.bos_token),
+            eos_token=vocab.token_text(vocab.eos_token),
+        )
+
     def render(self, messages: Sequence[ChatMessage]) -> list[Segment]:
-        # Render with unique placeholders for the contents, then put the contents back as their own segments.
+        """Render with unique placeholders for the contents, then put the contents back as their own segments.
+
+        Templates may move contents around (Mistral's puts the system message into the last user turn)
+        or drop them; that is fine. A template that changes the text of a content (upper-casing, escaping,
+        slicing) would need the real text rendered as markup, where `</s>[INST]` in a message would be
+        read as control tokens: such a render is refused instead (fail closed).
+        """
         tag = secrets.token_hex(8)
         placeholders = [f"\x00{tag}:{i}\x00" for i in range(len(messages))]
         masked = self._render([{"role": m.role, "content": p} for m, p in zip(messages, placeholders, strict=True)])
         pieces = re.split(f"\x00{tag}:(\\d+)\x00", masked)
-        found = [int(i) for i in pieces[1::2]]
-        if found != list(range(len(messages))):
-            # The template transforms or reorders contents: fall back to rendering them in place.
-            logger.warning("chat template rewrites message contents; rendering without content isolation")
-            return [(self._render([m.model_dump() for m in messages]), True)]
+        markup, found = pieces[0::2], [int(i) for i in pieces[1::2]]
+        if any("\x00" in part or tag in part for part in markup) or any(i >= len(messages) for i in found):
+            raise InvalidRequest(
+                "the model's chat template rewrites message text, so message text could be read as control "
+                "tokens; loramux refuses to render it. Send a raw prompt instead, or start the server with "
+                "--chat-template FILE"
+            )
         segments: list[Segment] = []
-        for i, markup in enumerate(pieces[0::2]):
-            if markup:
-                segments.append((markup, True))
-            if i < len(messages) and messages[i].content:
-                segments.append((messages[i].content, False))
+        for i, part in enumerate(markup):
+            if part:
+                segments.append((part, True))
+            if i < len(found) and messages[found[i]].content:
+                segments.append((messages[found[i]].content, False))
         return segments
 
     def _render(self, messages: list[dict[str, str]]) -> str:

@@ -1,22 +1,29 @@
-"""What the async side sends the worker thread, and what the worker sends back."""
+"""What crosses between the async side and the core's thread: typed commands in, event batches out.
+
+Commands that expect an answer carry a command id and are answered on the event channel by a
+CommandDone (with the command's own result type) or a CommandFailed; no closure crosses threads and no
+thread blocks on a future per call.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Generic, TypeVar
 
+from engine.adapter_loading import CheckedAdapterFile
 from engine.errors import EngineError
-from engine.request import GenerateRequest
+from engine.info import AdapterInfo, EngineStats, LoadedAdapter
+from engine.preparation import PreparedRequest
 from engine.result import GenerationResult, TextDelta
+
+R = TypeVar("R")
+
+# -- commands -----------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class AddRequest:
-    request_id: int
-    request: GenerateRequest
-    submitted_at: float
+    prepared: PreparedRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,12 +31,26 @@ class AbortRequest:
     request_id: int
 
 
-@dataclass(frozen=True, slots=True)
-class CallOnWorker:
-    """Run `fn(worker)` between two decode steps (adapter loads, inspections); result into `future`."""
+@dataclass(frozen=True)
+class AdapterCommand(Generic[R]):
+    """A command answered by CommandDone(command_id, R) or CommandFailed(command_id, error)."""
 
-    fn: Callable[[Any], Any]
-    future: Future[Any]
+    command_id: int
+
+
+@dataclass(frozen=True)
+class LoadAdapter(AdapterCommand[LoadedAdapter]):
+    checked: CheckedAdapterFile  # opened and validated off the decode thread; the sender closes the file
+
+
+@dataclass(frozen=True)
+class UnloadAdapter(AdapterCommand[AdapterInfo]):
+    name: str
+
+
+@dataclass(frozen=True)
+class ListAdapters(AdapterCommand[list[AdapterInfo]]):
+    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +58,54 @@ class Shutdown:
     pass
 
 
-Command = AddRequest | AbortRequest | CallOnWorker | Shutdown
+Command = AddRequest | AbortRequest | LoadAdapter | UnloadAdapter | ListAdapters | Shutdown
 
-# Per request: any number of TextDelta, then exactly one GenerationResult or EngineError.
-Event = TextDelta | GenerationResult | EngineError
-EventBatch = list[tuple[int, Event]]
+# -- events -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOutput:
+    request_id: int
+    delta: TextDelta
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFinished:
+    request_id: int
+    result: GenerationResult
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFailed:
+    request_id: int
+    error: EngineError
+
+
+@dataclass(frozen=True, slots=True)
+class CommandDone:
+    command_id: int
+    result: object
+
+
+@dataclass(frozen=True, slots=True)
+class CommandFailed:
+    command_id: int
+    error: EngineError
+
+
+@dataclass(frozen=True, slots=True)
+class EngineHalted:
+    """The core's thread has ended; `failed` if by an internal error. Every open request and command fails."""
+
+    failed: bool
+
+
+Event = RequestOutput | RequestFinished | RequestFailed | CommandDone | CommandFailed | EngineHalted
+
+
+@dataclass(frozen=True, slots=True)
+class EventBatch:
+    """Everything one pass of the core's loop produced, and the counters after it."""
+
+    events: list[Event]
+    stats: EngineStats

@@ -50,6 +50,9 @@ class EngineConfig(BaseModel):
     preload_adapters: tuple[tuple[str, Path], ...] = Field(
         (), description="(name, path) adapters loaded at start; operator-given, so any path is allowed."
     )
+    chat_template: Path | None = Field(
+        None, description="A Jinja chat template file to use instead of the one in the model's GGUF."
+    )
 
     @field_validator("context_per_sequence")
     @classmethod
@@ -66,6 +69,13 @@ class EngineConfig(BaseModel):
     def _model_file_exists(cls, path: Path) -> Path:
         if not path.is_file():
             raise ValueError(f"model file not found: {path}")
+        return path
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template_file_exists(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"chat template file not found: {path}")
         return path
 
     @property

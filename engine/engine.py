@@ -1,17 +1,20 @@
-"""The async face of the engine: submit requests, stream their text, abort them, read stats.
+"""The async face of the local llama.cpp engine (implements `InferenceEngine`).
 
-All llama.cpp work happens on the worker thread. This side only puts commands on its queue and
-receives events through a blocking portal, one hop per decode step for all requests together.
+Per request: prepare it here, off the decode thread (template, tokens: preparation.py) → AddRequest to the
+core's thread → the core's event batches come back through a blocking portal, one hop per decode step
+for all requests together → each request's own stream. Adapter loads are checked here too (file system,
+validation) and only handed to llama.cpp by the core.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Future
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -20,63 +23,177 @@ from anyio.from_thread import BlockingPortal
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from engine.adapter_files import AdapterDirectories
-from engine.adapter_registry import AdapterInfo
-from engine.backend import ModelInfo
-from engine.commands import AbortRequest, AddRequest, CallOnWorker, Event, EventBatch, Shutdown
+from engine.adapter_loading import AdapterFileChecker
+from engine.chat_template import ChatTemplate
+from engine.commands import (
+    AbortRequest,
+    AdapterCommand,
+    AddRequest,
+    CommandDone,
+    CommandFailed,
+    EngineHalted,
+    EventBatch,
+    ListAdapters,
+    LoadAdapter,
+    RequestFailed,
+    RequestFinished,
+    RequestOutput,
+    Shutdown,
+    UnloadAdapter,
+)
 from engine.config import EngineConfig
-from engine.errors import EngineBusy, EngineError, EngineStopped
+from engine.errors import EngineBusy, EngineError, EngineFailure, EngineStopped
+from engine.info import AdapterInfo, AdapterListing, EngineState, EngineStats, LoadedAdapter, ModelInfo
+from engine.preparation import RequestPreparer
 from engine.request import GenerateRequest
 from engine.result import GenerationResult, TextDelta
-from engine.stats import EngineStats
-from engine.worker import ALL_REQUESTS, BackendFactory, Worker
+from engine.runner import ModelRunner
+from engine.worker import RunnerFactory, Worker
 
-T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
-
-def _llama_backend(config: EngineConfig) -> Any:
-    from engine.llama_runtime import LlamaRuntime  # imported lazily: fake-backend tests need no llama.cpp
-
-    return LlamaRuntime(config)
+R = TypeVar("R")
+StreamEvent = TextDelta | GenerationResult | EngineError
 
 
-class Engine:
-    """`async with Engine(config) as engine:` loads the model on the worker thread and serves until exit."""
+def _llama_runner(config: EngineConfig) -> ModelRunner:
+    from engine.llama_runner import LlamaRunner  # imported lazily: fake-runner tests need no llama.cpp
 
-    def __init__(self, config: EngineConfig, backend_factory: BackendFactory = _llama_backend) -> None:
+    return LlamaRunner(config)
+
+
+@dataclass
+class _Pending:
+    """An adapter command awaiting its answer. `cleanup` runs when the answer comes, even if nobody waits."""
+
+    done: anyio.Event
+    cleanup: Callable[[], None] | None = None
+    result: Any = None
+    error: EngineError | None = None
+
+    def resolve(self, result: Any = None, error: EngineError | None = None) -> None:
+        self.result, self.error = result, error
+        if self.cleanup is not None:
+            self.cleanup()
+        self.done.set()
+
+
+class LlamaEngine:
+    """`async with LlamaEngine(config) as engine:` loads the model on the core's thread and serves until exit."""
+
+    def __init__(self, config: EngineConfig, runner_factory: RunnerFactory = _llama_runner) -> None:
         self.config = config
-        self._backend_factory = backend_factory
+        self._runner_factory = runner_factory
+        self._state = EngineState.STOPPED
+        self._started: anyio.Event | None = None  # set once start() has succeeded or failed
         self._ids = itertools.count(1)
-        self._streams: dict[int, RequestStream] = {}  # requests the worker has not finished
+        self._streams: dict[int, RequestStream] = {}  # requests not yet finished, preparing ones included
+        self._pending: dict[int, _Pending] = {}
+        self._stats = EngineStats()
+        self._model_info: ModelInfo | None = None
         self._worker: Worker | None = None
         self._portal: BlockingPortal | None = None
         self._exit_stack: AsyncExitStack | None = None
-        self.model_info: ModelInfo | None = None
+        self._directories = AdapterDirectories(config.adapter_dirs)
+
+    # -- lifetime -----------------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        worker = Worker(self.config, self._backend_factory, self._emit_from_worker)
-        worker.start()
-        # Load before opening the portal, so a load error surfaces as itself, not inside a task group.
-        self.model_info = await anyio.to_thread.run_sync(worker.ready.result)
-        async with AsyncExitStack() as stack:
-            self._portal = await stack.enter_async_context(BlockingPortal())
-            stack.push_async_callback(self._stop_worker, worker)
-            self._worker = worker
-            self._exit_stack = stack.pop_all()
+        await self.start()
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        assert self._exit_stack is not None
-        await self._exit_stack.aclose()
+        await self.stop()
+
+    async def start(self) -> None:
+        """Load the model and preload adapters. Calls made meanwhile wait for it."""
+        self._state = EngineState.STARTING
+        self._started = anyio.Event()
+        try:
+            await self._start()
+        except BaseException:
+            self._state = EngineState.FAILED
+            self._started.set()
+            if self._exit_stack is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._exit_stack.aclose()
+            raise
+        self._state = EngineState.READY
+        self._started.set()
+
+    async def _start(self) -> None:
+        worker = Worker(self.config, self._runner_factory, self._emit_from_worker)
+        worker.start()
+        # Load before opening the portal, so a load error surfaces as itself, not inside a task group.
+        runner = await anyio.to_thread.run_sync(worker.ready.result)
+        async with AsyncExitStack() as stack:
+            self._portal = await stack.enter_async_context(BlockingPortal())
+            # Runs before the portal closes, so the core's last events (failed requests) are delivered.
+            stack.push_async_callback(self._stop_worker, worker)
+            self._worker = worker
+            self._exit_stack = stack.pop_all()
+        self._model_info = runner.info
+        self._preparer, self._checker = await anyio.to_thread.run_sync(self._read_only_helpers, runner)
+        for name, path in self.config.preload_adapters:
+            await self._load_adapter(name, str(path), trusted=True)
+
+    def _read_only_helpers(self, runner: ModelRunner) -> tuple[RequestPreparer, AdapterFileChecker]:
+        """What the async side needs of the model: its vocabulary (read-only), template and tensor shapes."""
+        vocab = runner.vocab
+        source = self.config.chat_template.read_text() if self.config.chat_template else None
+        template = ChatTemplate.for_vocab(vocab, source)
+        preparer = RequestPreparer(
+            vocab,
+            template,
+            context_per_request=runner.info.context_per_request,
+            timeout=self.config.request_timeout,
+        )
+        checker = AdapterFileChecker(
+            self._directories, base_architecture=runner.info.architecture, base_shapes=runner.tensor_shapes()
+        )
+        return preparer, checker
+
+    async def stop(self) -> None:
+        if self._state in (EngineState.READY, EngineState.STARTING):
+            self._state = EngineState.STOPPING
+        if self._exit_stack is not None:
+            stack, self._exit_stack = self._exit_stack, None
+            await stack.aclose()
+        if self._state is not EngineState.FAILED:
+            self._state = EngineState.STOPPED
 
     async def _stop_worker(self, worker: Worker) -> None:
-        self._worker = None
         worker.submit(Shutdown())
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(worker.join)
 
-    # -- requests -------------------------------------------------------------------------------------
+    @property
+    def state(self) -> EngineState:
+        return self._state
+
+    @property
+    def model_info(self) -> ModelInfo | None:
+        return self._model_info
+
+    def stats(self) -> EngineStats:
+        """The counters as of the last decode step."""
+        return self._stats
+
+    async def _ready_worker(self) -> Worker:
+        if self._state is EngineState.STARTING and self._started is not None:
+            await self._started.wait()
+        if self._state is not EngineState.READY or self._worker is None:
+            raise self._stopped_error()
+        return self._worker
+
+    def _stopped_error(self) -> EngineError:
+        if self._state is EngineState.FAILED:
+            return EngineFailure("the engine stopped after an internal error; see the server log")
+        return EngineStopped("the engine is not running")
+
+    # -- requests -----------------------------------------------------------------------------------------
 
     def generate(self, request: GenerateRequest) -> RequestStream:
         """`async with engine.generate(req) as stream: async for delta in stream: …; stream.result`.
@@ -92,99 +209,135 @@ class Engine:
         assert stream.result is not None
         return stream.result
 
-    async def call_on_worker(self, fn: Callable[[Worker], T]) -> T:
-        """Run `fn(worker)` on the worker thread between two decode steps."""
-        worker = self._require_worker()
-        future: Future[T] = Future()
-        worker.submit(CallOnWorker(fn, future))
-        return await anyio.to_thread.run_sync(future.result, abandon_on_cancel=True)
-
-    def stats(self) -> EngineStats:
-        worker = self._require_worker()
-        return worker.counters.snapshot(running=len(worker.scheduler.running), waiting=len(worker.scheduler.waiting))
-
-    async def sequence_positions(self) -> list[int]:
-        """Highest KV position each sequence slot holds (-1 = empty): shows that finished requests free cells."""
-        return await self.call_on_worker(
-            lambda w: [w.backend.sequence_max_position(i) for i in range(self.config.max_sequences)]
-        )
-
-    # -- adapters (loads, unloads and lists run on the worker between decode steps) -------------------
-
-    async def load_adapter(self, name: str, path: str) -> tuple[AdapterInfo, bool]:
-        """Load the adapter file `path` (inside an adapter directory) as `name`; (info, newly loaded)."""
-        return await self.call_on_worker(lambda w: w.adapters.load(name, path))
-
-    async def unload_adapter(self, name: str) -> AdapterInfo:
-        return await self.call_on_worker(lambda w: w.adapters.unload(name))
-
-    async def list_adapters(self) -> list[AdapterInfo]:
-        return await self.call_on_worker(lambda w: w.adapters.list())
-
-    async def available_adapter_files(self) -> list[str]:
-        # A directory walk needs no llama.cpp state: keep it off the worker, which would stall every stream.
-        return await anyio.to_thread.run_sync(AdapterDirectories(self.config.adapter_dirs).available)
-
-    def _submit(self, stream: RequestStream) -> None:
-        worker = self._require_worker()
+    async def _submit(self, stream: RequestStream) -> None:
+        await self._ready_worker()
         if len(self._streams) >= self.config.max_in_flight:
             raise EngineBusy(
                 f"the server is busy: {len(self._streams)} requests are running or queued, the limit is "
                 f"{self.config.max_in_flight}; retry in a few seconds"
             )
+        submitted_at = time.monotonic()
         self._streams[stream.request_id] = stream
-        worker.submit(AddRequest(stream.request_id, stream.request, time.monotonic()))
+        try:
+            # Off the decode thread: a long prompt's template and tokenization must not stall other streams.
+            prepared = await anyio.to_thread.run_sync(
+                self._preparer.prepare, stream.request_id, stream.request, submitted_at, abandon_on_cancel=True
+            )
+        except BaseException:
+            self._streams.pop(stream.request_id, None)
+            raise
+        if self._worker is None or stream.request_id not in self._streams:
+            raise self._stopped_error()  # the engine halted while this request was being prepared
+        self._worker.submit(AddRequest(prepared))
 
     def _abort(self, request_id: int) -> None:
         if self._worker is not None and request_id in self._streams:
             self._worker.submit(AbortRequest(request_id))
 
-    def _require_worker(self) -> Worker:
-        if self._worker is None:
-            raise EngineStopped("the engine is not running")
-        return self._worker
+    # -- adapters -----------------------------------------------------------------------------------------
 
-    def _emit_from_worker(self, events: EventBatch) -> None:
-        """Called on the worker thread once per step: hand the events to the event loop without waiting."""
+    async def load_adapter(self, name: str, path: str) -> LoadedAdapter:
+        """Load the adapter file `path` (inside an adapter directory) as `name`."""
+        await self._ready_worker()
+        return await self._load_adapter(name, path)
+
+    async def _load_adapter(self, name: str, path: str, *, trusted: bool = False) -> LoadedAdapter:
+        # Find, open and validate in a thread; the core only hands the open file to llama.cpp.
+        checked = await anyio.to_thread.run_sync(lambda: self._checker.check(name, path, trusted=trusted))
+        return await self._call(LoadAdapter(next(self._ids), checked), cleanup=checked.file.close)
+
+    async def unload_adapter(self, name: str) -> AdapterInfo:
+        await self._ready_worker()
+        return await self._call(UnloadAdapter(next(self._ids), name))
+
+    async def list_adapters(self) -> AdapterListing:
+        await self._ready_worker()
+        assert self._model_info is not None
+        loaded = await self._call(ListAdapters(next(self._ids)))
+        return AdapterListing(
+            base_model=self._model_info,
+            adapters=loaded,
+            adapter_directories=[str(d) for d in self._directories.roots],
+            # A directory walk needs no model state: it runs in a thread, never on the decode thread.
+            available_files=await anyio.to_thread.run_sync(self._directories.available),
+        )
+
+    async def _call(self, command: AdapterCommand[R], *, cleanup: Callable[[], None] | None = None) -> R:
+        pending = _Pending(anyio.Event(), cleanup)
+        if self._worker is None:
+            pending.resolve(error=self._stopped_error())
+        else:
+            self._pending[command.command_id] = pending
+            self._worker.submit(command)  # type: ignore[arg-type]
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
+
+    # -- events from the core's thread --------------------------------------------------------------------
+
+    def _emit_from_worker(self, batch: EventBatch) -> None:
+        """Called on the core's thread once per step: hand the batch to the event loop without waiting."""
         if self._portal is None:
-            return  # not serving yet: no request exists to receive events
+            return  # nothing is served yet, so nobody waits for events
         try:
-            self._portal.start_task_soon(self._deliver, events)
+            self._portal.start_task_soon(self._deliver, batch)
         except RuntimeError:
             pass  # the portal is closed: the engine is shutting down and nobody is listening
 
-    async def _deliver(self, events: EventBatch) -> None:
-        for request_id, event in events:
-            if request_id == ALL_REQUESTS:
-                self._worker = None
-                for stream in self._streams.values():
-                    stream._push(event)
-                self._streams.clear()
-                continue
-            stream = self._streams.get(request_id)
-            if stream is None:
-                continue
-            if not isinstance(event, TextDelta):
-                del self._streams[request_id]
-            stream._push(event)
+    async def _deliver(self, batch: EventBatch) -> None:
+        self._stats = batch.stats
+        for event in batch.events:
+            if isinstance(event, RequestOutput):
+                stream = self._streams.get(event.request_id)
+                if stream is not None:
+                    stream._push(event.delta)
+            elif isinstance(event, RequestFinished | RequestFailed):
+                stream = self._streams.pop(event.request_id, None)
+                if stream is not None:
+                    stream._push(event.result if isinstance(event, RequestFinished) else event.error)
+            elif isinstance(event, CommandDone | CommandFailed):
+                pending = self._pending.pop(event.command_id, None)
+                if pending is not None:
+                    if isinstance(event, CommandDone):
+                        pending.resolve(result=event.result)
+                    else:
+                        pending.resolve(error=event.error)
+            elif isinstance(event, EngineHalted):
+                self._halt(failed=event.failed)
+
+    def _halt(self, *, failed: bool) -> None:
+        """The core's thread has ended: fail every open request and command, each with its own error."""
+        self._worker = None
+        if failed:
+            self._state = EngineState.FAILED
+        streams, self._streams = self._streams, {}
+        for stream in streams.values():
+            stream._push(self._stopped_error())
+        pending, self._pending = self._pending, {}
+        for waiter in pending.values():
+            waiter.resolve(error=self._stopped_error())
+
+
+Engine = LlamaEngine  # the default engine
 
 
 class RequestStream:
     """One request's stream of text deltas; `result` holds the GenerationResult once it has finished."""
 
-    def __init__(self, engine: Engine, request: GenerateRequest) -> None:
+    def __init__(self, engine: LlamaEngine, request: GenerateRequest) -> None:
         self.request = request
         self.request_id = next(engine._ids)
         self.result: GenerationResult | None = None
         self._engine = engine
-        self._send: MemoryObjectSendStream[Event]
-        self._receive: MemoryObjectReceiveStream[Event]
+        self._send: MemoryObjectSendStream[StreamEvent]
+        self._receive: MemoryObjectReceiveStream[StreamEvent]
         self._done = False
 
     async def __aenter__(self) -> Self:
-        self._send, self._receive = anyio.create_memory_object_stream[Event](math.inf)
+        self._send, self._receive = anyio.create_memory_object_stream[StreamEvent](math.inf)
         try:
-            self._engine._submit(self)
+            await self._engine._submit(self)
         except BaseException:
             self._send.close()
             self._receive.close()
@@ -194,9 +347,12 @@ class RequestStream:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self.abort()
+        self._receive.close()
+
+    def abort(self) -> None:
         if not self._done:
             self._engine._abort(self.request_id)
-        self._receive.close()
 
     def __aiter__(self) -> AsyncIterator[TextDelta]:
         return self._deltas()
@@ -211,7 +367,7 @@ class RequestStream:
             else:
                 raise event
 
-    def _push(self, event: Event) -> None:
+    def _push(self, event: StreamEvent) -> None:
         try:
             self._send.send_nowait(event)
         except anyio.BrokenResourceError:
@@ -221,4 +377,4 @@ class RequestStream:
             self._send.close()
 
 
-__all__ = ["Engine", "EngineError", "RequestStream"]
+__all__ = ["Engine", "LlamaEngine", "RequestStream"]

@@ -1,11 +1,18 @@
-"""What a caller asks of the engine: input (raw prompt or chat messages), sampling, adapter set."""
+"""What a caller asks of the engine: input (raw prompt or chat messages), sampling, adapter set.
+
+These models are the one source of truth for arguments: their bounds and descriptions become the MCP
+tool's input schema (mcp_server/inference_tool.py builds its parameters from these fields).
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+MAX_PROMPT_CHARS = 200_000
+MAX_MESSAGES = 512
+MAX_ADAPTERS_PER_REQUEST = 8
 MAX_STOP_STRINGS = 16
 
 
@@ -13,7 +20,7 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     role: Literal["system", "user", "assistant"] = Field(description="Who wrote the message.")
-    content: str = Field(max_length=200_000, description="The message text.")
+    content: str = Field(max_length=MAX_PROMPT_CHARS, description="The message text.")
 
 
 class AdapterRef(BaseModel):
@@ -21,7 +28,7 @@ class AdapterRef(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str = Field(min_length=1, max_length=64, description="A loaded adapter's name.")
+    name: str = Field(min_length=1, max_length=64, description="A loaded adapter's name (see list_adapters).")
     scale: float = Field(1.0, ge=-4.0, le=4.0, description="Strength; 1.0 as trained, 0 disables it.")
 
 
@@ -29,26 +36,30 @@ class AdapterRef(BaseModel):
 # share a decode step; the empty key is the base model.
 AdapterKey = tuple[tuple[str, float], ...]
 
+StopString = Annotated[str, Field(min_length=1, max_length=200)]
+
 
 class SamplingParams(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    temperature: float = Field(0.7, ge=0.0, le=5.0, description="0 means greedy decoding.")
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
-    top_k: int = Field(40, ge=0, le=1000, description="0 disables top-k.")
-    min_p: float = Field(0.05, ge=0.0, le=1.0)
-    repeat_penalty: float = Field(1.1, ge=0.5, le=2.0, description="1.0 disables the penalty.")
-    repeat_last_n: int = Field(64, ge=0, le=4096)
-    seed: int | None = Field(None, ge=0, le=2**32 - 2, description="Fixed seed for reproducible sampling.")
-    max_tokens: int = Field(256, ge=1, le=32768)
-    stop: tuple[str, ...] = Field((), max_length=MAX_STOP_STRINGS)
-    ignore_eos: bool = Field(False, description="Generate exactly max_tokens (benchmarks).")
-
-    @model_validator(mode="after")
-    def _stops_not_empty(self) -> SamplingParams:
-        if any(not s for s in self.stop):
-            raise ValueError("stop strings must not be empty")
-        return self
+    max_tokens: int = Field(
+        256, ge=1, le=32768, description="Most tokens to generate (also capped by the context left)."
+    )
+    temperature: float = Field(0.7, ge=0.0, le=2.0, description="Randomness; 0 gives deterministic (greedy) output.")
+    top_p: float = Field(
+        0.95, gt=0.0, le=1.0, description="Nucleus sampling: keep the likeliest tokens up to this mass."
+    )
+    top_k: int = Field(40, ge=0, le=1000, description="Sample among the k likeliest tokens; 0 = off.")
+    min_p: float = Field(0.05, ge=0.0, le=1.0, description="Drop tokens below this share of the likeliest one.")
+    repeat_penalty: float = Field(1.1, ge=0.5, le=2.0, description="Penalty on recently used tokens; 1.0 = off.")
+    repeat_last_n: int = Field(64, ge=0, le=4096, description="How many recent tokens the repeat penalty looks at.")
+    seed: int | None = Field(None, ge=0, le=2**32 - 2, description="Fix for reproducible sampling; random if omitted.")
+    stop: tuple[StopString, ...] = Field(
+        (),
+        max_length=MAX_STOP_STRINGS,
+        description="Strings that end generation, matched across token boundaries; not included in the text.",
+    )
+    ignore_eos: bool = Field(False, description="Keep generating past the model's end token (benchmarks).")
 
 
 class GenerateRequest(BaseModel):
@@ -56,19 +67,26 @@ class GenerateRequest(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    prompt: str | None = None
-    messages: tuple[ChatMessage, ...] | None = None
+    prompt: str | None = Field(
+        None, min_length=1, max_length=MAX_PROMPT_CHARS, description="Raw text to complete, without a chat template."
+    )
+    messages: tuple[ChatMessage, ...] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_MESSAGES,
+        description="A whole conversation, oldest first; the model answers the last user turn.",
+    )
     sampling: SamplingParams = SamplingParams()
-    adapters: tuple[AdapterRef, ...] = ()
+    adapters: tuple[AdapterRef, ...] = Field(
+        (),
+        max_length=MAX_ADAPTERS_PER_REQUEST,
+        description="LoRA adapters to apply, each with a scale; several mix. Empty for the base model.",
+    )
 
     @model_validator(mode="after")
     def _one_input(self) -> GenerateRequest:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of prompt or messages")
-        if self.prompt is not None and not self.prompt:
-            raise ValueError("prompt must not be empty")
-        if self.messages is not None and not self.messages:
-            raise ValueError("messages must not be empty")
         names = [a.name for a in self.adapters]
         if len(set(names)) != len(names):
             raise ValueError("each adapter may appear once in a request's adapter set")

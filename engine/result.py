@@ -24,8 +24,11 @@ class Timings(BaseModel):
 
 
 class GenerationResult(BaseModel):
-    text: str
-    finish_reason: FinishReason
+    text: str = Field(description="The generated text (stop strings are not included).")
+    finish_reason: FinishReason = Field(
+        description="stop: the model ended or hit a stop string; length: max_tokens or the context was reached; "
+        "cancelled: the request was aborted."
+    )
     usage: Usage
     timings: Timings
 

@@ -1,49 +1,34 @@
-"""Forms each decode step from the running requests: the scheduler's decisions are plain data.
+"""Forms each decode step from the running requests, and takes back what the step produced.
 
-A step serves one adapter group (llama.cpp applies one adapter set per decode). Within it, every
-running sequence that is past its prompt contributes its last sampled token, then prompts of newly
-admitted sequences fill the prompt-token budget (long prompts are prefilled in chunks over several
-steps, so running sequences keep generating). A request arriving while others generate is admitted
-at the next step: there is no draining and no time window.
+`schedule()` returns a StepPlan (plain data): one adapter group (llama.cpp applies one adapter set per
+decode); every running sequence of it that is past its prompt contributes its last sampled token, then
+prompts of newly admitted sequences fill the prompt-token budget (long prompts are prefilled in chunks
+over several steps, so running sequences keep generating). A request arriving while others generate is
+admitted at the next step: there is no draining and no time window.
+
+`update_from_output()` applies the runner's StepOutput: prefill progress, accepted tokens (and the text
+they make), finishes, and the slots they free.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import deque
-from dataclasses import dataclass, field
 
 from engine.request import AdapterKey
 from engine.sequence import SeqStatus, Sequence
-
-
-@dataclass(slots=True)
-class Chunk:
-    """Tokens of one sequence in one step, at positions start_pos, start_pos+1, …"""
-
-    seq: Sequence
-    tokens: list[int]
-    start_pos: int
-    samples: bool  # the step's logits at this chunk's last token are sampled
-
-
-@dataclass(slots=True)
-class StepPlan:
-    adapter_key: AdapterKey
-    chunks: list[Chunk]  # sorted by seq_id: llama.cpp only co-batches increasing sequence ids
-    moves: list[tuple[int, int]] = field(default_factory=list)  # (from, to) seq ids, applied before decoding
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(len(c.tokens) for c in self.chunks)
+from engine.step import Chunk, StepOutput, StepPlan, StepUpdate
+from engine.vocab import Vocab
 
 
 class Scheduler:
-    def __init__(self, *, max_sequences: int, batch_tokens: int, group_quantum: int = 8) -> None:
+    def __init__(self, vocab: Vocab, *, max_sequences: int, batch_tokens: int, group_quantum: int = 8) -> None:
+        self._vocab = vocab
+        self.max_sequences = max_sequences
         self.batch_tokens = batch_tokens
         self.group_quantum = group_quantum  # steps a group keeps the context before another group's turn
         self.waiting: deque[Sequence] = deque()
-        self.running: dict[int, Sequence] = {}
+        self.running: dict[int, Sequence] = {}  # seq id → sequence
         self._free_seq_ids = list(range(max_sequences))  # a heap: lowest id first keeps ids contiguous
         self._group_order: list[AdapterKey] = []  # round-robin order of adapter groups
         self._current_group: AdapterKey | None = None
@@ -58,11 +43,13 @@ class Scheduler:
 
     def remove(self, seq: Sequence) -> None:
         """Take a finished or aborted sequence out; its seq id is free for the next admission."""
-        if seq.status is SeqStatus.WAITING or seq.seq_id < 0:
+        if seq.status is SeqStatus.WAITING:
             self.waiting.remove(seq)
             return
         del self.running[seq.seq_id]
         heapq.heappush(self._free_seq_ids, seq.seq_id)
+
+    # -- one step ---------------------------------------------------------------------------------------
 
     def schedule(self, now: float) -> StepPlan | None:
         self._admit(now)
@@ -87,6 +74,27 @@ class Scheduler:
         chunks.sort(key=lambda c: c.seq.seq_id)
         return StepPlan(key, chunks, moves)
 
+    def update_from_output(self, plan: StepPlan, output: StepOutput, now: float) -> StepUpdate:
+        update = StepUpdate(failed=output.failed)
+        failed = {seq.request_id for seq, _ in output.failed}
+        for chunk in plan.chunks:
+            seq = chunk.seq
+            if seq.request_id not in failed and seq.is_prefilling:
+                seq.num_prefilled += len(chunk.tokens)
+                update.prompt_tokens += len(chunk.tokens)
+        for seq, token in output.sampled:
+            text = seq.accept(token, self._vocab, now)
+            if text:
+                update.deltas.append((seq, text))
+            if seq.is_finished:
+                update.finished.append(seq)
+                self.remove(seq)
+        for seq, _ in output.failed:
+            self.remove(seq)
+        return update
+
+    # -- admission and sequence ids ---------------------------------------------------------------------
+
     def _admit(self, now: float) -> None:
         n = min(len(self.waiting), len(self._free_seq_ids))
         if not n:
@@ -105,7 +113,7 @@ class Scheduler:
     def _take_seq_id(self, key: AdapterKey) -> int:
         """A free id next to a running member of the same group if there is one, else the lowest free id."""
         free = self._free_seq_ids
-        for member in sorted(i for i, s in self.running.items() if s.adapter_key == key):
+        for member in self._ids_of(key):
             for candidate in (member + 1, member - 1):
                 if candidate in free:
                     free.remove(candidate)
@@ -113,36 +121,63 @@ class Scheduler:
                     return candidate
         return heapq.heappop(free)
 
+    def _ids_of(self, key: AdapterKey) -> list[int]:
+        return sorted(i for i, s in self.running.items() if s.adapter_key == key)
+
     def _compact(self) -> list[tuple[int, int]]:
-        """Keep each adapter group's seq ids consecutive by moving its highest member into holes.
+        """Keep each adapter group's seq ids consecutive, moving sequences' state where needed.
 
         With one KV stream per sequence, llama.cpp puts a sequence in the same micro-batch as the
         previous one only if its id is exactly one higher, and a step serves one group: a group at ids
-        {0, 2, 3, 5} would cost three passes over the weights per step instead of one. Only holes inside
-        a group's range matter (ids need not start at 0). Admissions fill holes first, for free; a move
-        copies one sequence's KV stream (a few ms) once, where the split would cost every step.
+        {0, 2, 3, 5} costs three passes over the weights per step instead of one. Only gaps inside a
+        group's range matter (ids need not start at 0). A gap is either a free id, which the group's
+        highest member moves into, or another group's member, which first moves out to a free id
+        (next to its own group when possible). Each move shrinks the group's range, so this ends; a move
+        copies one sequence's state once (a few ms), where a split group would cost every step.
         """
-        moves = []
-        groups: dict[AdapterKey, list[int]] = {}
-        for seq_id, seq in self.running.items():
-            groups.setdefault(seq.adapter_key, []).append(seq_id)
-        for ids in groups.values():
-            ids.sort()
-            while len(ids) > 1:
-                holes = [f for f in self._free_seq_ids if ids[0] < f < ids[-1]]
-                if not holes:
-                    break
-                src, dst = ids.pop(), min(holes)
-                self._free_seq_ids.remove(dst)
-                self._free_seq_ids.append(src)
-                heapq.heapify(self._free_seq_ids)
-                seq = self.running.pop(src)
-                seq.seq_id = dst
-                self.running[dst] = seq
-                ids.append(dst)
-                ids.sort()
-                moves.append((src, dst))
+        moves: list[tuple[int, int]] = []
+        for _ in range(self.max_sequences):  # passes: an eviction may split the evicted member's group
+            moved = len(moves)
+            keys = {s.adapter_key for s in self.running.values()}
+            for key in sorted(keys, key=lambda k: self._ids_of(k)[0]):
+                while True:
+                    ids = self._ids_of(key)
+                    if ids[-1] - ids[0] + 1 == len(ids):
+                        break
+                    inside = range(ids[0] + 1, ids[-1])
+                    hole = next((i for i in inside if i not in self.running), None)
+                    if hole is None:
+                        outsider = next(i for i in inside if self.running[i].adapter_key != key)
+                        target = self._eviction_target(self.running[outsider].adapter_key)
+                        if target is None:
+                            break  # every slot is taken: wait for a request to finish
+                        self._move(outsider, target, moves)
+                        hole = outsider
+                    self._move(ids[-1], hole, moves)
+            if len(moves) == moved:
+                break
         return moves
+
+    def _eviction_target(self, key: AdapterKey) -> int | None:
+        free = self._free_seq_ids
+        if not free:
+            return None
+        for member in self._ids_of(key):
+            for candidate in (member + 1, member - 1):
+                if candidate in free:
+                    return candidate
+        return min(free)
+
+    def _move(self, src: int, dst: int, moves: list[tuple[int, int]]) -> None:
+        self._free_seq_ids.remove(dst)
+        self._free_seq_ids.append(src)
+        heapq.heapify(self._free_seq_ids)
+        seq = self.running.pop(src)
+        seq.seq_id = dst
+        self.running[dst] = seq
+        moves.append((src, dst))
+
+    # -- adapter group turns ----------------------------------------------------------------------------
 
     def _choose_group(self) -> AdapterKey:
         """Which adapter group this step serves.

@@ -1,30 +1,22 @@
-"""One request's state inside the worker: prompt, KV progress, sampled tokens, text, timestamps."""
+"""One request's state inside the core: prompt, prefill progress, sampled tokens, text, timestamps.
+
+Its sampler lives with the model runner (per request id), not here: this is what the scheduler sees."""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Protocol
 
+from engine.preparation import PreparedRequest
 from engine.request import AdapterKey, SamplingParams
 from engine.result import FinishReason, GenerationResult, Timings, Usage
 from engine.text_stream import StopMatcher, Utf8Decoder
-
-
-class Sampler(Protocol):
-    def sample(self, row: int) -> int: ...
-    def close(self) -> None: ...
-
-
-class Vocab(Protocol):
-    def token_bytes(self, token: int) -> bytes: ...
-    def is_eog(self, token: int) -> bool: ...
+from engine.vocab import Vocab
 
 
 class SeqStatus(enum.Enum):
-    WAITING = "waiting"
-    RUNNING = "running"
-    FINISHED = "finished"
+    WAITING = "waiting"  # queued for a free sequence slot
+    RUNNING = "running"  # holds a slot (seq_id) and context cells
 
 
 @dataclass(eq=False, slots=True)
@@ -33,7 +25,6 @@ class Sequence:
     prompt_tokens: list[int]
     sampling: SamplingParams
     adapter_key: AdapterKey
-    sampler: Sampler
     max_new_tokens: int  # sampling.max_tokens clamped to the sequence's context
     submitted_at: float
     deadline: float
@@ -52,6 +43,22 @@ class Sequence:
 
     def __post_init__(self) -> None:
         self._stop = StopMatcher(self.sampling.stop)
+
+    @classmethod
+    def from_prepared(cls, prepared: PreparedRequest) -> Sequence:
+        return cls(
+            request_id=prepared.request_id,
+            prompt_tokens=prepared.prompt_tokens,
+            sampling=prepared.sampling,
+            adapter_key=prepared.adapter_key,
+            max_new_tokens=prepared.max_new_tokens,
+            submitted_at=prepared.submitted_at,
+            deadline=prepared.deadline,
+        )
+
+    @property
+    def is_finished(self) -> bool:
+        return self.finish_reason is not None
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -100,7 +107,6 @@ class Sequence:
         return tail
 
     def _set_finished(self, reason: FinishReason, now: float) -> None:
-        self.status = SeqStatus.FINISHED
         self.finish_reason = reason
         self.finished_at = now
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import llama_cpp
 
-from engine.scheduler import StepPlan
 from engine.sequence import Sequence
+from engine.step import StepPlan
 
 
 class StepBatch:

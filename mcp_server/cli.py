@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=PATH",
         help="load this adapter at start; repeatable",
     )
+    p.add_argument(
+        "--chat-template",
+        type=Path,
+        metavar="FILE",
+        help="Jinja chat template to use instead of the model's own (e.g. to fix a model's template)",
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -104,6 +110,8 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
     if args.adapter_dir:
         values["adapter_dirs"] = tuple(args.adapter_dir)
     values["preload_adapters"] = tuple(args.adapter)
+    if args.chat_template is not None:
+        values["chat_template"] = args.chat_template
     return EngineConfig(**values)
 
 
@@ -133,11 +141,19 @@ def main(argv: list[str] | None = None) -> None:
 async def _serve_http(engine: Engine, host: str, port: int) -> None:
     import uvicorn
 
-    app = build_http_app(engine, build_server(engine), host=host)
+    failures: list[BaseException] = []
+
+    def on_engine_failure(exc: BaseException) -> None:
+        failures.append(exc)
+        server.should_exit = True
+
+    app = build_http_app(engine, build_server(engine), host=host, on_engine_failure=on_engine_failure)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
     url_host = f"[{host}]" if ":" in host else host
-    logger.info("model %s", engine.config.model_path.name)
+    logger.info("model %s (loading)", engine.config.model_path.name)
     logger.info("MCP endpoint http://%s:%d%s  (health: /health)", url_host, port, MCP_PATH)
     await server.serve()
-    if not server.started:  # the lifespan (engine start) failed; uvicorn has logged why
+    if failures:  # the engine could not start (e.g. a preloaded adapter failed validation)
+        raise failures[0]
+    if not server.started:  # uvicorn could not start (e.g. the port is taken) and has logged why
         raise SystemExit(3)

@@ -1,46 +1,74 @@
 """One Starlette app for HTTP: MCP at /mcp (streamable HTTP, SSE responses) and GET /health.
 
-The app owns the engine's lifetime in its lifespan, so later endpoints (an OpenAI-compatible API,
-/metrics) are more routes on the same app over the same engine.
+The app owns the engine's lifetime. The engine starts in the background, so the port answers at once:
+/health says 503 "starting" while the model loads (calls made meanwhile wait for it), 200 "ready"
+once it serves, and 503 again when stopping or after an engine failure. Later endpoints (an
+OpenAI-compatible API, /metrics) are more routes on the same app over the same engine.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import anyio
 from mcp.server.mcpserver import MCPServer
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from engine import Engine
+from engine import EngineState, InferenceEngine
+
+logger = logging.getLogger(__name__)
 
 MCP_PATH = "/mcp"
 
 
-def build_http_app(engine: Engine, mcp: MCPServer, *, host: str = "127.0.0.1") -> Starlette:
+def build_http_app(
+    engine: InferenceEngine,
+    mcp: MCPServer,
+    *,
+    host: str = "127.0.0.1",
+    on_engine_failure: Callable[[BaseException], None] | None = None,
+) -> Starlette:
     mcp_app = mcp.streamable_http_app(streamable_http_path=MCP_PATH, host=host)
 
     async def health(_request: Request) -> JSONResponse:
+        state = engine.state
         stats = engine.stats()
         info = engine.model_info
         return JSONResponse(
             {
-                "status": "ok",
-                "model": info.path if info else None,
+                "status": state.value,
+                "model": info.name if info else None,
                 "running": stats.running,
                 "waiting": stats.waiting,
                 "steps": stats.steps,
                 "tokens_generated": stats.tokens_generated,
                 "sequences_per_step": stats.sequences_per_step,
-            }
+            },
+            status_code=200 if state is EngineState.READY else 503,
         )
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        async with engine, mcp.session_manager.run():
-            yield
+        stop = anyio.Event()
+
+        async def run_engine() -> None:
+            try:
+                async with engine:
+                    await stop.wait()
+            except Exception as exc:
+                logger.error("the engine could not start: %s", exc)
+                if on_engine_failure is not None:
+                    on_engine_failure(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run_engine)
+            async with mcp.session_manager.run():
+                yield
+            stop.set()
 
     return Starlette(routes=[Route("/health", health, methods=["GET"]), *mcp_app.routes], lifespan=lifespan)

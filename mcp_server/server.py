@@ -7,7 +7,7 @@ import json
 
 from mcp.server.mcpserver import MCPServer
 
-from engine import Engine
+from engine import InferenceEngine
 from mcp_server import adapter_tools, inference_tool
 
 INSTRUCTIONS = """\
@@ -17,7 +17,7 @@ its behaviour per call: list_adapters shows them, load_adapter and unload_adapte
 runtime, and llm_inference's `adapter` selects one. Progress notifications carry the text as it grows."""
 
 
-def build_server(engine: Engine, *, own_engine: bool = False) -> MCPServer:
+def build_server(engine: InferenceEngine, *, own_engine: bool = False) -> MCPServer:
     """The MCP server over `engine`. With own_engine, the server's lifespan starts and stops the engine
     (stdio); otherwise the hosting app does (HTTP, where one engine outlives session managers)."""
     mcp = MCPServer(

@@ -43,18 +43,19 @@ async def lora_engine(anyio_backend: str, adapter_dir: Path) -> AsyncIterator[En
 
 
 async def test_load_reports_metadata_and_is_idempotent(lora_engine: Engine, adapter_dir: Path) -> None:
-    info, new = await lora_engine.load_adapter("meta", "lora3.gguf")
+    loaded = await lora_engine.load_adapter("meta", "lora3.gguf")
+    info, new = loaded.adapter, loaded.newly_loaded
     assert new and info.rank == 8 and info.alpha == 16.0 and info.architecture == "llama"
     assert info.target_modules == ("attn_output", "attn_v", "ffn_down")
     assert (
         info.path == str(adapter_dir / "lora3.gguf") and info.file_size == (adapter_dir / "lora3.gguf").stat().st_size
     )
-    again, new_again = await lora_engine.load_adapter("meta", "lora3.gguf")
-    assert not new_again and again.loaded_at == info.loaded_at
+    again = await lora_engine.load_adapter("meta", "lora3.gguf")
+    assert not again.newly_loaded and again.adapter.loaded_at == info.loaded_at
     with pytest.raises(InvalidRequest, match="already loaded from"):
         await lora_engine.load_adapter("meta", "lora2.gguf")
     await lora_engine.unload_adapter("meta")
-    assert "meta" not in {a.name for a in await lora_engine.list_adapters()}
+    assert "meta" not in {a.name for a in (await lora_engine.list_adapters()).adapters}
 
 
 async def test_adapters_change_the_output(lora_engine: Engine) -> None:
@@ -181,7 +182,7 @@ async def test_bad_adapter_files_are_refused_clearly(lora_engine: Engine, bad_di
     _, expected = bad_dir[name]
     with pytest.raises(InvalidRequest, match=expected):
         await lora_engine.load_adapter("bad", name)
-    assert "bad" not in {a.name for a in await lora_engine.list_adapters()}
+    assert "bad" not in {a.name for a in (await lora_engine.list_adapters()).adapters}
     ok = await lora_engine.complete(request("a0", sampling=SamplingParams(max_tokens=4)))
     assert ok.usage.completion_tokens >= 1
 
@@ -235,7 +236,7 @@ async def test_paths_inside_the_adapter_directories_are_accepted(
     lora_engine: Engine, adapter_dir: Path, outside_file: Path
 ) -> None:
     for name, path in [("inner", "sub/inner.gguf"), ("absolute", str(adapter_dir / "lora2.gguf"))]:
-        info, _ = await lora_engine.load_adapter(name, path)
+        info = (await lora_engine.load_adapter(name, path)).adapter
         assert Path(info.path).is_relative_to(adapter_dir)
         await lora_engine.unload_adapter(name)
 

@@ -1,26 +1,153 @@
-"""The async facade and worker loop on the fake backend: fast and deterministic."""
+"""The core, worker shell and async facade on the fake runner: fast and deterministic."""
 
 from __future__ import annotations
 
 import anyio
+import anyio.lowlevel
 import pytest
 
-from engine import Engine, EngineBusy, EngineConfig, EngineStopped, GenerateRequest, RequestTimedOut
-from tests.fake_backend import FakeBackend
+from engine import (
+    Engine,
+    EngineBusy,
+    EngineConfig,
+    EngineFailure,
+    EngineState,
+    EngineStopped,
+    GenerateRequest,
+    RequestTimedOut,
+    SamplingParams,
+)
+from engine.chat_template import ChatTemplate
+from engine.commands import AbortRequest, AddRequest, RequestFailed, RequestFinished, RequestOutput
+from engine.core import EngineCore
+from engine.preparation import RequestPreparer
+from tests.fake_runner import FakeRunner, FakeVocab
 
 pytestmark = pytest.mark.anyio
 
+# -- the synchronous core: no threads, no sleeps ----------------------------------------------------------
 
-def fake_engine(**overrides: object) -> tuple[Engine, list[FakeBackend]]:
-    made: list[FakeBackend] = []
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_core(**overrides: object) -> tuple[EngineCore, FakeRunner, RequestPreparer, Clock]:
+    reply = overrides.pop("reply", b"hello world")
+    config = EngineConfig(**overrides)  # type: ignore[arg-type]
+    runner = FakeRunner(config, reply=reply)  # type: ignore[arg-type]
+    clock = Clock()
+    preparer = RequestPreparer(
+        FakeVocab(),
+        ChatTemplate(None, bos_token="</s>", eos_token="</s>"),
+        context_per_request=config.context_per_sequence,
+        timeout=config.request_timeout,
+    )
+    return EngineCore(runner, config, clock=clock), runner, preparer, clock
+
+
+def add(core: EngineCore, preparer: RequestPreparer, rid: int, prompt: str, **sampling: object) -> None:
+    request = GenerateRequest(prompt=prompt, sampling=SamplingParams(**sampling))  # type: ignore[arg-type]
+    core.handle(AddRequest(preparer.prepare(rid, request, 0.0)))
+
+
+def run_until_idle(core: EngineCore, limit: int = 1000) -> list:
+    events = []
+    for _ in range(limit):
+        events += core.step()
+        if not core.has_work:
+            return events + core.take_events()
+    raise AssertionError("the core did not finish its work")
+
+
+def outcomes(events: list) -> dict[int, object]:
+    return {e.request_id: e for e in events if isinstance(e, RequestFinished | RequestFailed)}
+
+
+def test_core_steps_requests_to_completion_with_text_deltas() -> None:
+    core, runner, preparer, _ = make_core()
+    add(core, preparer, 1, "hi")
+    add(core, preparer, 2, "there")
+    events = run_until_idle(core)
+    done = outcomes(events)
+    assert {rid: e.result.text for rid, e in done.items()} == {1: "hello world", 2: "hello world"}  # type: ignore[union-attr]
+    text = "".join(e.delta.text for e in events if isinstance(e, RequestOutput) and e.request_id == 1)
+    assert text == "hello world"
+    assert runner.kv == {} and runner.samplers == {}  # everything freed
+    stats = core.stats()
+    assert stats.requests_finished == 2 and stats.running == 0 and stats.prompt_tokens == len("hi") + len("there")
+    assert stats.sequences_per_step[2] >= 10  # both shared every step
+
+
+def test_a_sampler_failure_fails_its_request_alone() -> None:
+    core, runner, preparer, _ = make_core()
+    runner.failing_sampler = lambda sampling: sampling.seed == 13
+    for rid in range(1, 6):
+        add(core, preparer, rid, f"request {rid}", seed=13 if rid == 3 else None)
+    done = outcomes(run_until_idle(core))
+    assert isinstance(done[3], RequestFailed) and "sampler" in str(done[3].error)
+    assert all(isinstance(done[r], RequestFinished) and done[r].result.text == "hello world" for r in (1, 2, 4, 5))  # type: ignore[union-attr]
+    add(core, preparer, 6, "next")  # and the core serves the next request
+    assert isinstance(outcomes(run_until_idle(core))[6], RequestFinished)
+
+
+def test_a_sampler_that_cannot_be_built_refuses_only_its_request() -> None:
+    core, runner, preparer, _ = make_core()
+    runner.failing_sampler_at_start = lambda sampling: sampling.seed == 13
+    add(core, preparer, 1, "good")
+    add(core, preparer, 2, "bad", seed=13)
+    done = outcomes(run_until_idle(core))
+    assert isinstance(done[2], RequestFailed) and "could not start this request" in str(done[2].error)
+    assert isinstance(done[1], RequestFinished)
+    assert core.stats().requests_failed == 1
+
+
+def test_a_failed_decode_gives_each_request_its_own_error_and_keeps_the_moves() -> None:
+    core, runner, preparer, _ = make_core(max_sequences=4)
+    for rid in (1, 2, 3):
+        add(core, preparer, rid, "abc", max_tokens=50, ignore_eos=True)
+    core.step()  # prefill: seq ids 0, 1, 2
+    core.handle(AbortRequest(2))  # hole at seq id 1: the next step moves 2 → 1
+    runner.fail_decodes = 1
+    events = core.step()
+    assert runner.moves == [(2, 1)]  # applied even though the decode failed
+    failed = [e for e in events if isinstance(e, RequestFailed)]
+    assert {e.request_id for e in failed} == {1, 3}
+    assert failed[0].error is not failed[1].error
+    assert runner.kv == {} and not core.has_work
+
+
+def test_core_aborts_and_timeouts() -> None:
+    core, runner, preparer, clock = make_core(request_timeout=5.0, reply=b"z" * 100)
+    add(core, preparer, 1, "a")
+    add(core, preparer, 2, "b")
+    core.step()
+    core.handle(AbortRequest(1))
+    core.handle(AbortRequest(1))  # idempotent
+    clock.now = 10.0
+    done = outcomes(core.step())
+    assert done[1].result.finish_reason == "cancelled"  # type: ignore[union-attr]
+    assert isinstance(done[2], RequestFailed) and isinstance(done[2].error, RequestTimedOut)
+    assert runner.kv == {} and core.stats().requests_cancelled == 1
+
+
+# -- the async facade over the worker thread ----------------------------------------------------------------
+
+
+def fake_engine(**overrides: object) -> tuple[Engine, list[FakeRunner]]:
+    made: list[FakeRunner] = []
     step_seconds = overrides.pop("step_seconds", 0.0)
     reply = overrides.pop("reply", b"hello world")
 
-    def factory(config: EngineConfig) -> FakeBackend:
-        made.append(FakeBackend(config, reply=reply, step_seconds=step_seconds))  # type: ignore[arg-type]
+    def factory(config: EngineConfig) -> FakeRunner:
+        made.append(FakeRunner(config, reply=reply, step_seconds=step_seconds))  # type: ignore[arg-type]
         return made[-1]
 
-    return Engine(EngineConfig(**overrides), backend_factory=factory), made  # type: ignore[arg-type]
+    return Engine(EngineConfig(**overrides), runner_factory=factory), made  # type: ignore[arg-type]
 
 
 async def test_stream_deltas_add_up_to_the_result() -> None:
@@ -57,9 +184,10 @@ async def test_abort_frees_the_sequence_and_is_idempotent() -> None:
         async with eng.generate(GenerateRequest(prompt="abc")) as stream:
             async for _ in stream:
                 break
-        eng._abort(stream.request_id)  # a second abort of a finished request is harmless
-        assert await eng.sequence_positions() == [-1] * eng.config.max_sequences
-        assert eng.stats().running == 0
+        stream.abort()  # a second abort of a finished request is harmless
+        await eng.complete(GenerateRequest(prompt="x", sampling=SamplingParams(max_tokens=1)))
+        stats = eng.stats()
+        assert stats.kv_cells_used == 0 and stats.running == 0 and stats.requests_cancelled == 1
 
 
 async def test_past_the_queue_bound_calls_get_an_immediate_busy_error() -> None:
@@ -91,15 +219,61 @@ async def test_requests_in_flight_at_shutdown_fail_instead_of_hanging() -> None:
 
     async with anyio.create_task_group() as tg:
         async with eng:
-            tg.start_soon(call)
+            for _ in range(2):
+                tg.start_soon(call)
             await anyio.sleep(0.05)
-    assert len(errors) == 1
+    assert len(errors) == 2 and errors[0] is not errors[1]
+    assert eng.state is EngineState.STOPPED
+
+
+async def test_a_crashed_core_fails_everything_open_and_later_calls_at_once() -> None:
+    eng, made = fake_engine(step_seconds=0.005, reply=b"z" * 1000)
+    async with eng:
+        async with eng.generate(GenerateRequest(prompt="a")) as stream:
+            it = aiter(stream)
+            await anext(it)
+
+            def crash(*_: object) -> None:
+                raise RuntimeError("injected bug")
+
+            made[0].execute = crash  # type: ignore[method-assign]
+            with pytest.raises(EngineFailure, match="internal error"):
+                async for _ in it:
+                    pass
+        assert eng.state is EngineState.FAILED
+        with anyio.fail_after(2):  # nothing waits forever on a dead core
+            with pytest.raises(EngineFailure):
+                await eng.list_adapters()
+            with pytest.raises(EngineFailure):
+                await eng.complete(GenerateRequest(prompt="b"))
+    assert made[0].closed
 
 
 async def test_a_backend_that_fails_to_load_fails_engine_start() -> None:
-    def broken(config: EngineConfig) -> FakeBackend:
+    def broken(config: EngineConfig) -> FakeRunner:
         raise RuntimeError("no such model")
 
+    eng = Engine(EngineConfig(), runner_factory=broken)
     with pytest.raises(RuntimeError, match="no such model"):
-        async with Engine(EngineConfig(), backend_factory=broken):
+        async with eng:
             pass
+    assert eng.state is EngineState.FAILED
+
+
+async def test_calls_made_while_starting_wait_for_the_model() -> None:
+    eng, _ = fake_engine()
+    results = []
+    finished = anyio.Event()
+
+    async def serve() -> None:
+        async with eng:
+            await finished.wait()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(serve)
+        await anyio.lowlevel.checkpoint()  # serve() is now loading the model in a thread
+        assert eng.state is EngineState.STARTING and eng.model_info is None
+        results.append(await eng.complete(GenerateRequest(prompt="early")))
+        finished.set()
+    assert results[0].text == "hello world"
+    assert eng.state is EngineState.STOPPED

@@ -31,7 +31,7 @@ async def test_http_server_serves_the_tool(base_url: str, mode: str) -> None:
 def test_health_reports_model_and_load(base_url: str) -> None:
     with urllib.request.urlopen(base_url + "/health", timeout=5) as r:
         health = json.load(r)
-    assert health["status"] == "ok"
+    assert health["status"] == "ready"
     assert health["model"].endswith(".gguf")
     assert {"running", "waiting", "steps", "tokens_generated", "sequences_per_step"} <= set(health)
 

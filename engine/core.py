@@ -1,0 +1,194 @@
+"""The engine core: synchronous, no threads. Commands between steps; `step()` runs one decode step.
+
+    step() = scheduler.schedule() → runner.execute(plan) → scheduler.update_from_output(plan, output)
+             → events (text deltas, finished and failed requests)
+
+Unit tests drive it directly; the worker thread (worker.py) is a thin shell around it. Admission is
+all-or-nothing: a request is checked (adapters) and given its sampler before it is registered, so a
+request that cannot start fails alone; so does one whose sampler or decode step fails later.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from engine.adapter_registry import AdapterRegistry
+from engine.commands import (
+    AbortRequest,
+    AdapterCommand,
+    AddRequest,
+    Command,
+    CommandDone,
+    CommandFailed,
+    Event,
+    ListAdapters,
+    LoadAdapter,
+    RequestFailed,
+    RequestFinished,
+    RequestOutput,
+    UnloadAdapter,
+)
+from engine.config import EngineConfig
+from engine.errors import EngineError, EngineFailure, RequestTimedOut
+from engine.info import EngineStats
+from engine.result import TextDelta
+from engine.runner import ModelRunner
+from engine.scheduler import Scheduler
+from engine.sequence import SeqStatus, Sequence
+from engine.step import StepOutput, StepPlan, StepUpdate
+
+logger = logging.getLogger(__name__)
+
+
+class EngineCore:
+    def __init__(self, runner: ModelRunner, config: EngineConfig, *, clock: Callable[[], float] = time.monotonic):
+        self.runner = runner
+        self.config = config
+        self.scheduler = Scheduler(
+            runner.vocab,
+            max_sequences=config.max_sequences,
+            batch_tokens=config.batch_tokens,
+            group_quantum=config.group_steps,
+        )
+        self.adapters = AdapterRegistry(runner)
+        self._clock = clock
+        self._sequences: dict[int, Sequence] = {}  # request id → live sequence
+        self._events: list[Event] = []
+        self._counts = dict.fromkeys(
+            (
+                "steps",
+                "tokens_generated",
+                "prompt_tokens",
+                "requests_finished",
+                "requests_cancelled",
+                "requests_failed",
+                "sequence_moves",
+                "adapter_switches",
+            ),
+            0,
+        )
+        self._histogram = [0] * (config.max_sequences + 1)
+
+    @property
+    def has_work(self) -> bool:
+        return self.scheduler.has_work
+
+    # -- commands (between steps) -----------------------------------------------------------------------
+
+    def handle(self, command: Command) -> None:
+        if isinstance(command, AddRequest):
+            self._add(command)
+        elif isinstance(command, AbortRequest):
+            seq = self._sequences.get(command.request_id)
+            if seq is not None:  # aborts are idempotent: a finished request is already gone
+                seq.cancel(self._clock())
+                self.scheduler.remove(seq)
+                self._end(seq, RequestFinished(seq.request_id, seq.result()), "requests_cancelled")
+        elif isinstance(command, AdapterCommand):
+            try:
+                result = self._adapter_command(command)
+            except EngineError as exc:
+                self._events.append(CommandFailed(command.command_id, exc))
+            else:
+                self._events.append(CommandDone(command.command_id, result))
+
+    def _add(self, command: AddRequest) -> None:
+        prepared = command.prepared
+        try:
+            self.adapters.check(prepared.adapters)
+            self.runner.add_sequence(prepared.request_id, prepared.sampling)
+        except Exception as exc:
+            if not isinstance(exc, EngineError):
+                logger.exception("could not start request %d", prepared.request_id)
+                exc = EngineFailure("the engine could not start this request (see the server log); retry it")
+            self._events.append(RequestFailed(prepared.request_id, exc))
+            self._counts["requests_failed"] += 1
+            return
+        self.adapters.acquire(prepared.adapter_key)  # cannot fail: checked above
+        seq = Sequence.from_prepared(prepared)
+        self._sequences[seq.request_id] = seq
+        self.scheduler.add(seq)
+
+    def _adapter_command(self, command: AdapterCommand) -> object:
+        if isinstance(command, LoadAdapter):
+            return self.adapters.load(command.checked)
+        if isinstance(command, UnloadAdapter):
+            return self.adapters.unload(command.name)
+        if isinstance(command, ListAdapters):
+            return self.adapters.list()
+        raise TypeError(f"unknown adapter command {command!r}")
+
+    # -- one step -----------------------------------------------------------------------------------------
+
+    def step(self) -> list[Event]:
+        """Run one decode step if there is work; return every event since the last call."""
+        now = self._clock()
+        self._expire(now)
+        plan = self.scheduler.schedule(now)
+        if plan is not None:
+            output = self.runner.execute(plan, self.adapters.handles(plan.adapter_key))
+            update = self.scheduler.update_from_output(plan, output, self._clock())
+            self._record(plan, output, update)
+        return self.take_events()
+
+    def _record(self, plan: StepPlan, output: StepOutput, update: StepUpdate) -> None:
+        counts = self._counts
+        counts["sequence_moves"] += len(plan.moves)
+        if not plan.chunks:
+            return
+        counts["steps"] += 1
+        counts["adapter_switches"] += output.adapter_switched
+        counts["tokens_generated"] += len(output.sampled)
+        counts["prompt_tokens"] += update.prompt_tokens
+        self._histogram[len(plan.chunks)] += 1
+        for seq, text in update.deltas:
+            self._events.append(RequestOutput(seq.request_id, TextDelta(text, len(seq.completion_tokens))))
+        for seq in update.finished:
+            self._end(seq, RequestFinished(seq.request_id, seq.result()), "requests_finished")
+        for seq, error in update.failed:
+            self._end(seq, RequestFailed(seq.request_id, error), "requests_failed")
+
+    def _expire(self, now: float) -> None:
+        for seq in [s for s in self._sequences.values() if now > s.deadline]:
+            self.scheduler.remove(seq)
+            error = RequestTimedOut(
+                f"the request exceeded the server's {self.config.request_timeout:g} s limit "
+                f"after {len(seq.completion_tokens)} tokens; ask for fewer max_tokens or retry when less busy"
+            )
+            self._end(seq, RequestFailed(seq.request_id, error), "requests_failed")
+
+    def fail_all(self, make_error: Callable[[], EngineError]) -> None:
+        """End every request with its own error (shutdown)."""
+        for seq in list(self._sequences.values()):
+            self.scheduler.remove(seq)
+            self._end(seq, RequestFailed(seq.request_id, make_error()), "requests_failed")
+
+    def _end(self, seq: Sequence, event: Event, counter: str) -> None:
+        """Free the request's slot state (context cells, sampler) and adapter holds; report how it ended.
+        The scheduler has already let go of it."""
+        self.runner.remove_sequence(seq.request_id, seq.seq_id if seq.status is SeqStatus.RUNNING else None)
+        self.adapters.release(seq.adapter_key)
+        del self._sequences[seq.request_id]
+        self._events.append(event)
+        self._counts[counter] += 1
+
+    # -- outputs ------------------------------------------------------------------------------------------
+
+    def take_events(self) -> list[Event]:
+        events, self._events = self._events, []
+        return events
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            running=len(self.scheduler.running),
+            waiting=len(self.scheduler.waiting),
+            kv_cells_used=self.runner.kv_cells_used(),
+            sequences_per_step={n: c for n, c in enumerate(self._histogram) if c},
+            **self._counts,
+        )
+
+    def close(self) -> None:
+        self.adapters.close()
+        self.runner.close()

@@ -1,0 +1,77 @@
+"""What an engine tells about itself: its state, the model it serves, its adapters, its counters.
+
+Plain values with no llama.cpp notions in them, so that any engine behind `InferenceEngine` (the local
+llama.cpp one, or a remote serving engine) can fill them, and the MCP tools can publish them as they are.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EngineState(enum.StrEnum):
+    STARTING = "starting"  # loading the model
+    READY = "ready"
+    STOPPING = "stopping"  # shutting down: no new requests
+    STOPPED = "stopped"
+    FAILED = "failed"  # the engine stopped after an internal error
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(description="The served model (its file name).")
+    description: str
+    architecture: str
+    parameters: int
+    size_bytes: int
+    context_per_request: int = Field(description="Tokens one request may hold, prompt and answer together.")
+    max_running_requests: int = Field(description="Requests generated together; more wait in a queue.")
+
+
+class AdapterInfo(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    path: str = Field(description="The adapter file, inside an adapter directory.")
+    file_size: int
+    rank: int
+    alpha: float = Field(description="LoRA alpha; the effective scale is scale * alpha / rank.")
+    target_modules: tuple[str, ...] = Field(description="Base-model modules it changes (attn_v, ffn_down, …).")
+    architecture: str
+    loaded_at: datetime = Field(description="When it was loaded (UTC).")
+    requests_served: int
+    requests_in_flight: int = Field(description="Queued or running requests using it; unloading waits for 0.")
+
+
+class LoadedAdapter(BaseModel):
+    adapter: AdapterInfo
+    newly_loaded: bool = Field(description="False if this name was already loaded from this file.")
+
+
+class AdapterListing(BaseModel):
+    base_model: ModelInfo
+    adapters: list[AdapterInfo] = Field(description="Loaded adapters, usable in llm_inference.")
+    adapter_directories: list[str]
+    available_files: list[str] = Field(description="Adapter files load_adapter accepts (paths in a directory).")
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    running: int = 0
+    waiting: int = 0
+    steps: int = 0
+    tokens_generated: int = 0
+    prompt_tokens: int = 0
+    requests_finished: int = 0
+    requests_cancelled: int = 0
+    requests_failed: int = 0
+    sequence_moves: int = 0  # running requests' state moved to keep groups contiguous
+    adapter_switches: int = 0  # steps that changed the adapter set
+    kv_cells_used: int = 0  # context cells held by running requests
+    # sequences_per_step[n] = number of decode steps that carried n sequences
+    sequences_per_step: dict[int, int] = field(default_factory=dict)

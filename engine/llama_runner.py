@@ -1,0 +1,207 @@
+"""The llama.cpp model and context through the low-level API: executes step plans.
+
+Only the core's thread calls it. The high-level `llama_cpp.Llama` serialises everything and applies LoRA
+only at construction, so the runner uses the C functions directly.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+from typing import Any
+
+import llama_cpp
+
+from engine.adapter_files import OpenedAdapterFile
+from engine.adapter_validation import AdapterFileError
+from engine.config import EngineConfig
+from engine.errors import EngineFailure
+from engine.gguf_header import read_gguf_header
+from engine.info import ModelInfo
+from engine.llama_log import quiet_llama_logs
+from engine.llama_vocab import LlamaVocab
+from engine.request import SamplingParams
+from engine.sampler import LlamaSampler
+from engine.step import StepOutput, StepPlan
+from engine.step_batch import StepBatch
+
+logger = logging.getLogger(__name__)
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"))
+_libc.fdopen.restype = ctypes.c_void_p
+_libc.fdopen.argtypes = [ctypes.c_int, ctypes.c_char_p]
+_libc.fclose.argtypes = [ctypes.c_void_p]
+
+
+class LlamaRunner:
+    def __init__(self, config: EngineConfig) -> None:
+        quiet_llama_logs()
+        llama_cpp.llama_backend_init()
+        self.model_path = config.model_path
+        model = llama_cpp.llama_model_load_from_file(
+            str(config.model_path).encode(), llama_cpp.llama_model_default_params()
+        )
+        if not model:
+            raise EngineFailure(f"llama.cpp could not load the model {config.model_path.name}")
+        self.model = model
+
+        # Every step fits one llama_batch: the budget of prompt tokens plus one token per sequence.
+        capacity = config.batch_tokens + config.max_sequences
+        ctx_params = llama_cpp.llama_context_default_params()
+        ctx_params.n_ctx = config.context_size
+        ctx_params.n_batch = capacity
+        ctx_params.n_ubatch = capacity
+        ctx_params.n_seq_max = config.max_sequences
+        ctx_params.n_threads = config.threads
+        ctx_params.n_threads_batch = config.threads
+        # Separate KV streams per sequence: a sequence attends only over its own cells, and its output
+        # does not depend on what else is in the batch.
+        ctx_params.kv_unified = False
+        ctx_params.no_perf = True
+        ctx = llama_cpp.llama_init_from_model(model, ctx_params)
+        if not ctx:
+            llama_cpp.llama_model_free(model)
+            raise EngineFailure(f"llama.cpp could not create a context of {config.context_size} cells")
+        self.ctx = ctx
+        self.memory = llama_cpp.llama_get_memory(ctx)
+        self.vocab = LlamaVocab(model)
+        self.max_sequences = config.max_sequences
+        self._batch = StepBatch(capacity)
+        self._samplers: dict[int, LlamaSampler] = {}  # request id → sampler chain
+        self._applied: list[tuple[Any, float]] = []  # the context's adapter set
+        self.info = ModelInfo(
+            name=config.model_path.name,
+            description=self._model_desc(),
+            architecture=self._meta_str("general.architecture") or "unknown",
+            parameters=llama_cpp.llama_model_n_params(model),
+            size_bytes=llama_cpp.llama_model_size(model),
+            context_per_request=llama_cpp.llama_n_ctx_seq(ctx),
+            max_running_requests=config.max_sequences,
+        )
+
+    # -- requests ---------------------------------------------------------------------------------------
+
+    def add_sequence(self, request_id: int, sampling: SamplingParams) -> None:
+        self._samplers[request_id] = LlamaSampler(self.ctx, self.vocab.n_tokens, sampling)
+
+    def remove_sequence(self, request_id: int, seq_id: int | None) -> None:
+        sampler = self._samplers.pop(request_id, None)
+        if sampler is not None:
+            sampler.close()
+        if seq_id is not None:
+            llama_cpp.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
+
+    # -- one step ---------------------------------------------------------------------------------------
+
+    def execute(self, plan: StepPlan, adapters: list[tuple[Any, float]]) -> StepOutput:
+        # Moves first and always: the scheduler has already renumbered these sequences.
+        for src, dst in plan.moves:
+            # Cross-stream copy: llama.cpp queues it and performs it, in order, before the next compute.
+            llama_cpp.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
+            llama_cpp.llama_memory_seq_rm(self.memory, src, -1, -1)
+        output = StepOutput()
+        if not plan.chunks:
+            return output
+        try:
+            output.adapter_switched = self._set_adapters(adapters)
+            to_sample = self._batch.fill(plan)
+            rc = llama_cpp.llama_decode(self.ctx, self._batch.batch)
+            if rc != 0:
+                raise EngineFailure(f"llama_decode returned {rc}")
+        except Exception as exc:
+            logger.error("decode step of %d sequences failed: %s", len(plan.chunks), exc)
+            output.failed = [
+                (c.seq, EngineFailure("the model failed on this step; retry the request")) for c in plan.chunks
+            ]
+            return output
+        for seq, row in to_sample:
+            try:
+                output.sampled.append((seq, self._samplers[seq.request_id].sample(row)))
+            except Exception as exc:
+                logger.exception("sampling failed for request %d", seq.request_id)
+                output.failed.append((seq, EngineFailure(f"sampling failed for this request: {exc}")))
+        return output
+
+    def kv_cells_used(self) -> int:
+        used = 0
+        for seq_id in range(self.max_sequences):
+            top = llama_cpp.llama_memory_seq_pos_max(self.memory, seq_id)
+            if top >= 0:
+                used += top - llama_cpp.llama_memory_seq_pos_min(self.memory, seq_id) + 1
+        return used
+
+    # -- LoRA adapters ----------------------------------------------------------------------------------
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        with open(self.model_path, "rb") as f:
+            header = read_gguf_header(f, os.fstat(f.fileno()).st_size)
+        return {t.name: t.shape for t in header.tensors}
+
+    def load_adapter(self, opened: OpenedAdapterFile) -> Any:
+        """Load from the already opened and validated file, not from its path (no swap in between)."""
+        fd = os.dup(opened.fd)
+        os.lseek(fd, 0, os.SEEK_SET)
+        fp = _libc.fdopen(fd, b"rb")
+        if not fp:
+            os.close(fd)
+            raise OSError("fdopen failed")
+        try:
+            adapter = llama_cpp.llama_adapter_lora_init_from_file_ptr(self.model, fp)
+        finally:
+            _libc.fclose(fp)
+        if not adapter:  # a failed load is a NULL pointer, which is falsy but not None
+            raise AdapterFileError(f"llama.cpp refused the adapter {opened.path.name} (see the server log)")
+        return adapter
+
+    def free_adapter(self, handle: Any) -> None:
+        if any(h is handle for h, _ in self._applied):
+            # The context holds raw pointers to its adapters: detach before freeing.
+            self._set_adapters([])
+        llama_cpp.llama_adapter_lora_free(handle)
+
+    def _set_adapters(self, adapters: list[tuple[Any, float]]) -> bool:
+        """Make `adapters` the context's set (it applies to every sequence of a decode); True if it changed."""
+        if len(adapters) == len(self._applied) and all(
+            h is h2 and s == s2 for (h, s), (h2, s2) in zip(adapters, self._applied, strict=True)
+        ):
+            return False
+        if not adapters:
+            rc = llama_cpp.llama_set_adapters_lora(self.ctx, None, 0, None)
+        else:
+            n = len(adapters)
+            handles = (llama_cpp.llama_adapter_lora_p_ctypes * n)(*(h for h, _ in adapters))
+            scales = (ctypes.c_float * n)(*(scale for _, scale in adapters))
+            rc = llama_cpp.llama_set_adapters_lora(self.ctx, handles, n, scales)
+        if rc != 0:
+            self._applied = []
+            raise EngineFailure(f"llama_set_adapters_lora returned {rc}")
+        self._applied = list(adapters)
+        return True
+
+    # -- metadata ---------------------------------------------------------------------------------------
+
+    def _meta_str(self, key: str) -> str | None:
+        size = 256
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buf, size)
+            if n < 0:
+                return None
+            if n < size:
+                return buf.value.decode("utf-8", "replace")
+            size = n + 1
+
+    def _model_desc(self) -> str:
+        buf = ctypes.create_string_buffer(256)
+        llama_cpp.llama_model_desc(self.model, buf, 256)
+        return buf.value.decode("utf-8", "replace")
+
+    def close(self) -> None:
+        for sampler in self._samplers.values():
+            sampler.close()
+        self._samplers.clear()
+        self._batch.close()
+        llama_cpp.llama_free(self.ctx)
+        llama_cpp.llama_model_free(self.model)

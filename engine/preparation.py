@@ -1,0 +1,73 @@
+"""Turn a request into what the core runs: prompt token ids, token budget, deadline.
+
+Runs on the async side in a worker thread, never on the decode thread: rendering a chat template and
+tokenizing a 200,000-character prompt take long enough to stall every running stream. llama.cpp's
+vocabulary is read-only after load, so tokenizing beside a running decode is safe (llama-server does
+the same from its HTTP threads). Everything that can fail per request happens here or at admission,
+before the core registers a sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.chat_template import ChatTemplate
+from engine.errors import InvalidRequest, PromptTooLong
+from engine.request import AdapterKey, AdapterRef, GenerateRequest, SamplingParams
+from engine.vocab import Vocab
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRequest:
+    request_id: int
+    prompt_tokens: list[int]
+    sampling: SamplingParams
+    adapters: tuple[AdapterRef, ...]
+    adapter_key: AdapterKey
+    max_new_tokens: int  # sampling.max_tokens, clamped to the context left after the prompt
+    submitted_at: float
+    deadline: float
+
+
+class RequestPreparer:
+    def __init__(self, vocab: Vocab, template: ChatTemplate, *, context_per_request: int, timeout: float) -> None:
+        self._vocab = vocab
+        self._template = template
+        self._context = context_per_request
+        self._timeout = timeout
+
+    def prepare(self, request_id: int, request: GenerateRequest, submitted_at: float) -> PreparedRequest:
+        tokens = self.tokens(request)
+        limit = self._context
+        if len(tokens) >= limit:
+            raise PromptTooLong(
+                f"the prompt is {len(tokens)} tokens but each request's context holds {limit} tokens, "
+                f"prompt and answer together: shorten the prompt below {limit - 1} tokens "
+                "(or start the server with a larger --context)"
+            )
+        return PreparedRequest(
+            request_id=request_id,
+            prompt_tokens=tokens,
+            sampling=request.sampling,
+            adapters=request.adapters,
+            adapter_key=request.adapter_key,
+            max_new_tokens=min(request.sampling.max_tokens, limit - len(tokens)),
+            submitted_at=submitted_at,
+            deadline=submitted_at + self._timeout,
+        )
+
+    def tokens(self, request: GenerateRequest) -> list[int]:
+        vocab = self._vocab
+        if request.messages is not None:
+            tokens: list[int] = []
+            for text, is_markup in self._template.render(request.messages):
+                # Control tokens are parsed in the template's markup only, never in message contents.
+                tokens += vocab.tokenize(text, add_special=False, parse_special=is_markup)
+            if vocab.adds_bos and (not tokens or tokens[0] != vocab.bos_token):
+                tokens.insert(0, vocab.bos_token)
+        else:
+            assert request.prompt is not None
+            tokens = vocab.tokenize(request.prompt, add_special=True, parse_special=False)
+        if not tokens:
+            raise InvalidRequest("the input tokenizes to nothing: give a non-empty prompt or message")
+        return tokens

@@ -1,0 +1,41 @@
+"""What the core needs from a model runner. `LlamaRunner` is the real one; tests bring a fake.
+
+The runner owns the model's mutable state (context, KV, adapter set, per-request samplers) and is only
+ever called from the core, on one thread.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from engine.adapter_files import OpenedAdapterFile
+from engine.info import ModelInfo
+from engine.request import SamplingParams
+from engine.step import StepOutput, StepPlan
+from engine.vocab import Vocab
+
+
+class ModelRunner(Protocol):
+    info: ModelInfo
+    vocab: Vocab  # read-only: the async side tokenizes with it
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Base tensor names and shapes, to validate adapters against."""
+        ...
+
+    def add_sequence(self, request_id: int, sampling: SamplingParams) -> None:
+        """Make the request's sampler; raising here refuses the request alone."""
+        ...
+
+    def remove_sequence(self, request_id: int, seq_id: int | None) -> None:
+        """Free the request's sampler and, if it held a slot, its context cells."""
+        ...
+
+    def execute(self, plan: StepPlan, adapters: list[tuple[Any, float]]) -> StepOutput:
+        """Apply the plan's moves, set the adapter set, decode, and sample every chunk that samples."""
+        ...
+
+    def load_adapter(self, opened: OpenedAdapterFile) -> Any: ...
+    def free_adapter(self, handle: Any) -> None: ...
+    def kv_cells_used(self) -> int: ...
+    def close(self) -> None: ...

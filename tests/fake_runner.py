@@ -1,0 +1,131 @@
+"""A byte-level fake model runner for fast tests of the core, scheduler and async facade.
+
+Tokens are bytes (0-255) plus EOS=256. Each request's sampler replies with `reply` bytes then EOS.
+Every executed step is recorded, so tests can see what the scheduler put in it. Faults can be injected:
+`fail_decodes` (the next N decodes fail), `failing_sampler` (a predicate on a request's sampling).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from engine.config import EngineConfig
+from engine.errors import EngineFailure
+from engine.info import ModelInfo
+from engine.request import SamplingParams
+from engine.step import StepOutput, StepPlan
+
+EOS = 256
+
+
+class FakeVocab:
+    bos_token = EOS
+    eos_token = EOS
+    adds_bos = False
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        return list(text.encode())
+
+    def token_bytes(self, token: int) -> bytes:
+        return b"" if token == EOS else bytes([token])
+
+    def token_text(self, token: int) -> str:
+        return "</s>" if token == EOS else chr(token)
+
+    def is_eog(self, token: int) -> bool:
+        return token == EOS
+
+    def chat_template(self) -> str | None:
+        return None
+
+
+class FakeSampler:
+    def __init__(self, reply: bytes) -> None:
+        self._tokens = [*reply, EOS]
+        self._i = 0
+
+    def sample(self) -> int:
+        token = self._tokens[min(self._i, len(self._tokens) - 1)]
+        self._i += 1
+        return token
+
+
+class FakeRunner:
+    def __init__(self, config: EngineConfig, *, reply: bytes = b"hello world", step_seconds: float = 0.0) -> None:
+        self.info = ModelInfo(
+            name="fake.gguf",
+            description="fake",
+            architecture="fake",
+            parameters=0,
+            size_bytes=0,
+            context_per_request=config.context_per_sequence,
+            max_running_requests=config.max_sequences,
+        )
+        self.vocab = FakeVocab()
+        self.reply = reply
+        self.step_seconds = step_seconds
+        self.samplers: dict[int, FakeSampler] = {}
+        self.steps: list[list[tuple[int, int, int, bool]]] = []  # per step: (request id, n tokens, pos, samples)
+        self.kv: dict[int, int] = {}  # seq id → highest position
+        self.moves: list[tuple[int, int]] = []
+        self.adapter_sets: list[list[tuple[object, float]]] = []
+        self.fail_decodes = 0
+        self.failing_sampler: Callable[[SamplingParams], bool] = lambda _: False
+        self.failing_sampler_at_start: Callable[[SamplingParams], bool] = lambda _: False
+        self._sampling: dict[int, SamplingParams] = {}
+        self.closed = False
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {}
+
+    def add_sequence(self, request_id: int, sampling: SamplingParams) -> None:
+        if self.failing_sampler_at_start(sampling):
+            raise RuntimeError("injected sampler construction failure")
+        self.samplers[request_id] = FakeSampler(self.reply)
+        self._sampling[request_id] = sampling
+
+    def remove_sequence(self, request_id: int, seq_id: int | None) -> None:
+        self.samplers.pop(request_id, None)
+        self._sampling.pop(request_id, None)
+        if seq_id is not None:
+            self.kv.pop(seq_id, None)
+
+    def execute(self, plan: StepPlan, adapters: list[tuple[Any, float]]) -> StepOutput:
+        for src, dst in plan.moves:
+            self.moves.append((src, dst))
+            self.kv[dst] = self.kv.pop(src)
+        output = StepOutput()
+        if not plan.chunks:
+            return output
+        if self.step_seconds:
+            time.sleep(self.step_seconds)
+        if not self.adapter_sets or self.adapter_sets[-1] != adapters:
+            self.adapter_sets.append(adapters)
+            output.adapter_switched = True
+        if self.fail_decodes:
+            self.fail_decodes -= 1
+            output.failed = [(c.seq, EngineFailure("injected decode failure")) for c in plan.chunks]
+            return output
+        self.steps.append([(c.seq.request_id, len(c.tokens), c.start_pos, c.samples) for c in plan.chunks])
+        for c in plan.chunks:
+            self.kv[c.seq.seq_id] = c.start_pos + len(c.tokens) - 1
+            if c.samples:
+                if self.failing_sampler(self._sampling[c.seq.request_id]):
+                    output.failed.append((c.seq, EngineFailure("injected sampler failure")))
+                else:
+                    output.sampled.append((c.seq, self.samplers[c.seq.request_id].sample()))
+        return output
+
+    def load_adapter(self, opened: object) -> object:
+        return object()
+
+    def free_adapter(self, handle: object) -> None:
+        pass
+
+    def kv_cells_used(self) -> int:
+        return sum(pos + 1 for pos in self.kv.values())
+
+    def close(self) -> None:
+        self.closed = True

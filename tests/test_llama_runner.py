@@ -1,0 +1,82 @@
+"""The llama.cpp runner alone, on the real model: a sequence's KV moves are never dropped."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import llama_cpp
+import pytest
+
+from engine.config import EngineConfig
+from engine.llama_runner import LlamaRunner
+from engine.request import SamplingParams
+from engine.sequence import SeqStatus, Sequence
+from engine.step import Chunk, StepPlan
+
+GREEDY = SamplingParams(temperature=0.0, repeat_penalty=1.0)
+
+
+@pytest.fixture(scope="module")
+def runner() -> Iterator[LlamaRunner]:
+    r = LlamaRunner(EngineConfig(max_sequences=4, context_per_sequence=256))
+    yield r
+    r.close()
+
+
+def start(runner: LlamaRunner, request_id: int, seq_id: int, tokens: list[int]) -> Sequence:
+    seq = Sequence(request_id, tokens, GREEDY, (), 32, 0.0, 1e9, status=SeqStatus.RUNNING, seq_id=seq_id)
+    runner.add_sequence(request_id, GREEDY)
+    return seq
+
+
+def decode(runner: LlamaRunner, seqs: list[Sequence], moves: list[tuple[int, int]] | None = None) -> list[int]:
+    """One step: each sequence's prompt if it has no token yet, else its last token; returns sampled tokens."""
+    chunks = []
+    for seq in sorted(seqs, key=lambda s: s.seq_id):
+        if seq.completion_tokens:
+            chunks.append(Chunk(seq, [seq.completion_tokens[-1]], seq.next_decode_position, True))
+        else:
+            chunks.append(Chunk(seq, seq.prompt_tokens, 0, True))
+    output = runner.execute(StepPlan((), chunks, moves or []), [])
+    assert not output.failed
+    for seq, token in output.sampled:
+        seq.completion_tokens.append(token)
+    return [token for _, token in output.sampled]
+
+
+def positions(runner: LlamaRunner) -> list[int]:
+    return [llama_cpp.llama_memory_seq_pos_max(runner.memory, i) for i in range(4)]
+
+
+def test_moves_apply_on_a_step_without_chunks_and_on_a_failed_decode(
+    runner: LlamaRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokens = runner.vocab.tokenize("The history of the river is", add_special=True, parse_special=False)
+    reference = start(runner, 1, 0, tokens)
+    moved = start(runner, 2, 2, tokens)
+    decode(runner, [reference, moved])
+    for _ in range(3):
+        decode(runner, [reference, moved])
+
+    # a plan with a move and no chunks: the move must still happen
+    runner.execute(StepPlan((), [], [(2, 1)]), [])
+    moved.seq_id = 1
+    assert positions(runner)[1:3] == [len(tokens) + 2, -1]
+
+    # a move in a step whose decode fails: the move must still happen too
+    real_decode = llama_cpp.llama_decode
+    monkeypatch.setattr(llama_cpp, "llama_decode", lambda ctx, batch: 1)
+    chunk = Chunk(reference, [reference.completion_tokens[-1]], reference.next_decode_position, True)
+    output = runner.execute(StepPlan((), [chunk], [(1, 3)]), [])
+    monkeypatch.setattr(llama_cpp, "llama_decode", real_decode)
+    assert [seq for seq, _ in output.failed] == [reference] and not output.sampled
+    moved.seq_id = 3
+    assert positions(runner)[1] == -1
+
+    # the twice-moved sequence continues exactly like the one that never moved
+    for _ in range(6):
+        decode(runner, [reference, moved])
+    assert moved.completion_tokens == reference.completion_tokens
+    for seq in (reference, moved):
+        runner.remove_sequence(seq.request_id, seq.seq_id)
+    assert runner.kv_cells_used() == 0
