@@ -7,6 +7,7 @@ previous commit's in a git worktree); it uses only the engine API both share, an
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import time
@@ -33,7 +34,7 @@ def long_text(chars: int) -> str:
 
 async def probe(long_chars: int, settle_s: float) -> dict:
     arrivals: list[list[float]] = [[] for _ in range(STREAMS)]
-    sampling = SamplingParams(temperature=0.0, repeat_penalty=1.0, max_tokens=100_000, ignore_eos=True)
+    sampling = SamplingParams(temperature=0.0, repeat_penalty=1.0, max_tokens=30_000, ignore_eos=True)
     window: dict[str, float] = {}
     async with Engine(EngineConfig(max_sequences=STREAMS + 1, context_per_sequence=2048)) as engine:
         await engine.complete(GenerateRequest(prompt="warm up", sampling=SamplingParams(max_tokens=4)))
@@ -68,7 +69,7 @@ async def probe(long_chars: int, settle_s: float) -> dict:
     sent, answered = window["sent"], window["answered"]
     steady, during = [], []
     for times in arrivals:
-        for a, b in zip(times, times[1:], strict=False):
+        for a, b in itertools.pairwise(times):
             if b < sent - 0.2 and a > sent - settle_s + 0.5:
                 steady.append(b - a)
             if b > sent and a < answered + 0.05:  # every gap that overlaps the long request's handling
