@@ -1,8 +1,9 @@
 """The async face of the local llama.cpp engine (implements `InferenceEngine`).
 
 Per request: prepare it here, off the decode thread (template, tokens: preparation.py) → AddRequest to the
-core's thread → the core's event batches come back through a blocking portal, one hop per decode step
-for all requests together → each request's own stream. Adapter loads are checked here too (file system,
+core's thread → the core's event batches come back through a queue, one hop per decode step for all
+requests together → each request's own stream. The core's thread never waits for the event loop: it
+puts a batch and decodes on, and one task here drains the queue. Adapter loads are checked here too (file system,
 validation) and only handed to llama.cpp by the core.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import queue
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
@@ -19,7 +21,6 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import anyio
-from anyio.from_thread import BlockingPortal
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from engine.adapter_files import AdapterDirectories
@@ -92,7 +93,7 @@ class LlamaEngine:
         self._stats = EngineStats()
         self._model_info: ModelInfo | None = None
         self._worker: Worker | None = None
-        self._portal: BlockingPortal | None = None
+        self._batches: queue.SimpleQueue[EventBatch] = queue.SimpleQueue()  # from the core's thread
         self._exit_stack: AsyncExitStack | None = None
         self._directories = AdapterDirectories(config.adapter_dirs)
 
@@ -124,13 +125,14 @@ class LlamaEngine:
         self._started.set()
 
     async def _start(self) -> None:
-        worker = Worker(self.config, self._runner_factory, self._emit_from_worker)
+        worker = Worker(self.config, self._runner_factory, self._batches.put)
         worker.start()
-        # Load before opening the portal, so a load error surfaces as itself, not inside a task group.
+        # Load before starting the event pump, so a load error surfaces as itself, not inside a task group.
         runner = await anyio.to_thread.run_sync(worker.ready.result)
         async with AsyncExitStack() as stack:
-            self._portal = await stack.enter_async_context(BlockingPortal())
-            # Runs before the portal closes, so the core's last events (failed requests) are delivered.
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            tg.start_soon(self._pump_events)
+            # Runs before the task group is left: the pump delivers the core's last batch, then ends.
             stack.push_async_callback(self._stop_worker, worker)
             self._worker = worker
             self._exit_stack = stack.pop_all()
@@ -276,16 +278,19 @@ class LlamaEngine:
 
     # -- events from the core's thread --------------------------------------------------------------------
 
-    def _emit_from_worker(self, batch: EventBatch) -> None:
-        """Called on the core's thread once per step: hand the batch to the event loop without waiting."""
-        if self._portal is None:
-            return  # nothing is served yet, so nobody waits for events
-        try:
-            self._portal.start_task_soon(self._deliver, batch)
-        except RuntimeError:
-            pass  # the portal is closed: the engine is shutting down and nobody is listening
+    async def _pump_events(self) -> None:
+        """Deliver the core's event batches in order, until the core's thread has halted."""
+        limiter = anyio.CapacityLimiter(1)  # its own thread, not one of the shared pool's slots
+        while True:
+            batches = [await anyio.to_thread.run_sync(self._batches.get, limiter=limiter, abandon_on_cancel=True)]
+            while not self._batches.empty():
+                batches.append(self._batches.get_nowait())
+            for batch in batches:
+                self._deliver(batch)
+            if self._worker is None:  # EngineHalted was delivered
+                return
 
-    async def _deliver(self, batch: EventBatch) -> None:
+    def _deliver(self, batch: EventBatch) -> None:
         self._stats = batch.stats
         for event in batch.events:
             if isinstance(event, RequestOutput):

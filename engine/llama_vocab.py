@@ -17,10 +17,6 @@ class LlamaVocab:
         # writes the same value.
         self._pieces: dict[int, bytes] = {}
 
-    @property
-    def handle(self) -> llama_cpp.llama_vocab_p:
-        return self._vocab
-
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         data = text.encode("utf-8")
         capacity = len(data) + 8
