@@ -1,18 +1,18 @@
 """The async face of the local llama.cpp engine (implements `InferenceEngine`).
 
 Per request: prepare it here, off the decode thread (template, tokens: preparation.py) → AddRequest to the
-core's thread → the core's event batches come back through a queue, one hop per decode step for all
-requests together → each request's own stream. The core's thread never waits for the event loop: it
-puts a batch and decodes on, and one task here drains the queue. Adapter loads are checked here too (file system,
+core's thread → the core's event batches come back to the event loop, one hop per decode step for all
+requests together (`call_soon_threadsafe`: the core's thread never waits for the loop) → each request's
+own stream. Adapter loads are checked here too (file system,
 validation) and only handed to llama.cpp by the core.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import math
-import queue
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
@@ -93,7 +93,7 @@ class LlamaEngine:
         self._stats = EngineStats()
         self._model_info: ModelInfo | None = None
         self._worker: Worker | None = None
-        self._batches: queue.SimpleQueue[EventBatch] = queue.SimpleQueue()  # from the core's thread
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._exit_stack: AsyncExitStack | None = None
         self._directories = AdapterDirectories(config.adapter_dirs)
 
@@ -125,14 +125,13 @@ class LlamaEngine:
         self._started.set()
 
     async def _start(self) -> None:
-        worker = Worker(self.config, self._runner_factory, self._batches.put)
+        # asyncio only (as uvicorn and the MCP SDK's servers run): anyio has no public non-blocking hand-off
+        # from a thread, and BlockingPortal.start_task_soon waits for the loop on every call.
+        self._loop = asyncio.get_running_loop()
+        worker = Worker(self.config, self._runner_factory, self._emit_from_worker)
         worker.start()
-        # Load before starting the event pump, so a load error surfaces as itself, not inside a task group.
         runner = await anyio.to_thread.run_sync(worker.ready.result)
         async with AsyncExitStack() as stack:
-            tg = await stack.enter_async_context(anyio.create_task_group())
-            tg.start_soon(self._pump_events)
-            # Runs before the task group is left: the pump delivers the core's last batch, then ends.
             stack.push_async_callback(self._stop_worker, worker)
             self._worker = worker
             self._exit_stack = stack.pop_all()
@@ -170,6 +169,8 @@ class LlamaEngine:
         worker.submit(Shutdown())
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(worker.join)
+            # The core's last batch (failed requests, EngineHalted) was queued on the loop before join
+            # returned; callbacks run in order, so it has been delivered once this task resumes.
 
     @property
     def state(self) -> EngineState:
@@ -278,17 +279,13 @@ class LlamaEngine:
 
     # -- events from the core's thread --------------------------------------------------------------------
 
-    async def _pump_events(self) -> None:
-        """Deliver the core's event batches in order, until the core's thread has halted."""
-        limiter = anyio.CapacityLimiter(1)  # its own thread, not one of the shared pool's slots
-        while True:
-            batches = [await anyio.to_thread.run_sync(self._batches.get, limiter=limiter, abandon_on_cancel=True)]
-            while not self._batches.empty():
-                batches.append(self._batches.get_nowait())
-            for batch in batches:
-                self._deliver(batch)
-            if self._worker is None:  # EngineHalted was delivered
-                return
+    def _emit_from_worker(self, batch: EventBatch) -> None:
+        """Called on the core's thread once per step: queue the batch on the event loop, without waiting."""
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(self._deliver, batch)
+        except RuntimeError:
+            pass  # the loop is closed: nobody is listening any more
 
     def _deliver(self, batch: EventBatch) -> None:
         self._stats = batch.stats
