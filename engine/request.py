@@ -17,7 +17,7 @@ MAX_STOP_STRINGS = 16
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     role: Literal["system", "user", "assistant"] = Field(description="Who wrote the message.")
     content: str = Field(max_length=MAX_PROMPT_CHARS, description="The message text.")
@@ -26,7 +26,7 @@ class ChatMessage(BaseModel):
 class AdapterRef(BaseModel):
     """One LoRA adapter of a request's adapter set, with the scale it is applied at."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     name: str = Field(min_length=1, max_length=64, description="A loaded adapter's name (see list_adapters).")
     scale: float = Field(1.0, ge=-4.0, le=4.0, description="Strength; 1.0 as trained, 0 disables it.")

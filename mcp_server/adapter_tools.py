@@ -7,7 +7,7 @@ from typing import Annotated
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
-from pydantic import Field
+from pydantic import Field, Strict
 
 from engine import AdapterListing, AdapterRef, EngineError, InferenceEngine, LoadedAdapter
 from mcp_server.schemas import UnloadAdapterResult
@@ -41,7 +41,9 @@ def register(mcp: MCPServer, engine: InferenceEngine) -> None:
     async def load_adapter(
         name: AdapterName,
         path: Annotated[
-            str, Field(min_length=1, max_length=1024, description="Adapter file inside an adapter directory.")
+            str,
+            Strict(),
+            Field(min_length=1, max_length=1024, description="Adapter file inside an adapter directory."),
         ],
     ) -> LoadedAdapter:
         try:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
-from pydantic import Field, ValidationError
+from pydantic import Field, Strict, ValidationError
 from pydantic.fields import FieldInfo
 
 from engine import (
@@ -26,6 +26,7 @@ from engine import (
     InferenceEngine,
     SamplingParams,
 )
+from mcp_server.arguments import describe
 from mcp_server.schemas import InferenceResult
 
 logger = logging.getLogger(__name__)
@@ -43,9 +44,16 @@ _message = ChatMessage.model_fields
 
 
 def _from_field(field: FieldInfo, *, description: str | None = None, default: Any = ...) -> tuple[Any, Any]:
-    """(annotation, default) for a tool parameter with the bounds of an engine model's field."""
-    annotation = Annotated[(field.annotation, *field.metadata, Field(description=description or field.description))]
-    return annotation, field.default if default is ... else default
+    """(annotation, default) for a tool parameter with the bounds of an engine model's field.
+
+    Scalars are strict: `max_tokens: true` or `raw: "true"` is an error, not 1 token or True."""
+    strict = [Strict()] if _is_scalar(field.annotation) else []
+    meta = (*strict, *field.metadata, Field(description=description or field.description))
+    return Annotated[(field.annotation, *meta)], field.default if default is ... else default
+
+
+def _is_scalar(annotation: Any) -> bool:
+    return all(arg in (int, float, bool, str, type(None)) for arg in (get_args(annotation) or (annotation,)))
 
 
 # name → (annotation, default), in the order agents see them
@@ -58,7 +66,9 @@ TOOL_PARAMETERS: dict[str, tuple[Any, Any]] = {
         _message["content"], description="System instructions placed before the conversation.", default=None
     ),
     "raw": (
-        Annotated[bool, Field(description="Send `prompt` verbatim as a text completion, without the chat template.")],
+        Annotated[
+            bool, Strict(), Field(description="Send `prompt` verbatim as a text completion, without the chat template.")
+        ],
         False,
     ),
     **{name: _from_field(field) for name, field in SamplingParams.model_fields.items()},
@@ -161,5 +171,4 @@ def _request_from(arguments: dict[str, Any]) -> GenerateRequest:
             chat.insert(0, ChatMessage(role="system", content=system))
         return GenerateRequest(messages=tuple(chat), sampling=sampling, adapters=adapters)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}" for e in exc.errors())
-        raise ToolError(f"invalid request: {problems}") from exc
+        raise ToolError(describe(exc)) from exc

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Any
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import CallToolResult
+from pydantic import ValidationError
 
 from engine import InferenceEngine
 from mcp_server import adapter_tools, inference_tool
+from mcp_server.arguments import describe, unknown_arguments
 
 INSTRUCTIONS = """\
 loramux serves a small local language model. Call llm_inference with a `prompt` (one user turn) or
@@ -17,10 +22,33 @@ its behaviour per call: list_adapters shows them, load_adapter and unload_adapte
 runtime, and llm_inference's `adapter` selects one. Progress notifications carry the text as it grows."""
 
 
+class LoramuxServer(MCPServer):
+    """MCPServer whose tools refuse unknown argument names and explain invalid ones in plain sentences."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._argument_names: dict[str, list[str]] = {}  # tool → its arguments, from the published schema
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context | None = None
+    ) -> CallToolResult | Any:
+        if not self._argument_names:
+            self._argument_names = {t.name: list(t.input_schema.get("properties", {})) for t in await self.list_tools()}
+        valid = self._argument_names.get(name)
+        if valid is not None and (problem := unknown_arguments(arguments, valid)):
+            raise ToolError(problem)
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            if isinstance(exc.__cause__, ValidationError):
+                raise ToolError(describe(exc.__cause__)) from exc.__cause__
+            raise
+
+
 def build_server(engine: InferenceEngine, *, own_engine: bool = False) -> MCPServer:
     """The MCP server over `engine`. With own_engine, the server's lifespan starts and stops the engine
     (stdio); otherwise the hosting app does (HTTP, where one engine outlives session managers)."""
-    mcp = MCPServer(
+    mcp = LoramuxServer(
         name="loramux",
         title="loramux local LLM",
         instructions=INSTRUCTIONS,

@@ -87,11 +87,20 @@ async def check_invalid_arguments_give_clear_errors(client: Client) -> None:
         ({"messages": [{"role": "wizard", "content": "x"}]}, "role"),
         ({"prompt": "hi", "stop": [""]}, "stop"),
         ({"messages": [{"role": "user", "content": "x"}], "raw": True}, "raw"),
+        # strict: no silent coercion, no silently ignored typos
+        ({"prompt": "hi", "max_tokens": True}, "`max_tokens` must be a valid integer (given True)"),
+        ({"prompt": "hi", "raw": "true"}, "`raw` must be a valid boolean (given 'true')"),
+        ({"PROMPT": "hi"}, "unknown argument `PROMPT`; valid arguments: prompt, messages"),
+        ({"prompt ": "hi"}, "unknown argument `prompt `"),
+        ({"prompt": "hi", "adapters": [{"name": "a", "scale": "1"}]}, "`adapters.0.scale` must be a valid number"),
+        ({"prompt": "x" * 300_000}, "`prompt` must have at most 200000 characters (given 'xxx"),
     ]
     for args, expected in cases:
         result = await client.call_tool("llm_inference", args)
         assert result.is_error, args
-        assert expected in result.content[0].text, (args, result.content[0].text)  # type: ignore[union-attr]
+        text = result.content[0].text  # type: ignore[union-attr]
+        assert expected in text, (args, text)
+        assert len(text) < 500 and "pydantic" not in text and "Traceback" not in text, text
     ok = await client.call_tool("llm_inference", {"prompt": "hi", "max_tokens": 4})
     assert not ok.is_error  # and the server keeps serving
 

@@ -82,6 +82,10 @@ async def check_adapter_tools(client: Client) -> None:
         client, "load_adapter", {"name": "p", "path": "/etc/passwd"}
     )
     assert "'..' is not allowed" in await error_of(client, "load_adapter", {"name": "p", "path": "../x.gguf"})
+    long_name = await error_of(client, "load_adapter", {"name": "n" * 100_000, "path": "lora1.gguf"})
+    assert "`name` must have at most 64 characters" in long_name and len(long_name) < 500
+    unknown = await error_of(client, "llm_inference", {**PROMPT, "adapter": "a" * 64})
+    assert "no adapter named" in unknown and len(unknown) < 500
 
     # unloading while a request uses the adapter is refused; afterwards it succeeds
     async with anyio.create_task_group() as tg:
