@@ -115,6 +115,9 @@ async def bench_all(url: str, levels: list[int], max_tokens: int, repeats: int, 
                 sequential_tps=statistics.median(seq_tps),
                 concurrent_tps=statistics.median(conc_tps),
                 raw_tps=statistics.median(raw_tps),
+                # ratios within each repeat (its runs are back to back), then the median: robust to drift
+                concurrent_over_sequential=statistics.median(c / q for c, q in zip(conc_tps, seq_tps, strict=True)),
+                concurrent_over_raw=statistics.median(c / r for c, r in zip(conc_tps, raw_tps, strict=True)),
                 sequential_ttft_p50=pct(seq_ttft, 50),
                 concurrent_ttft_p50=pct(conc_ttft, 50),
                 concurrent_ttft_p99=pct(conc_ttft, 99),
@@ -166,6 +169,8 @@ def write_report(args: argparse.Namespace, levels: list[int], results: dict, con
         "- **raw loop**: llama.cpp alone in the bench process: one batch of all N prompts, then one token",
         "  per sequence per `llama_decode`, same prompt tokens and lengths (`bench/raw_decode.py`).",
         "- TTFT is client-side: from sending the call to its first progress notification (first text).",
+        "- Ratios are taken within each repeat (its runs are back to back), then the median over repeats:",
+        "  this shared machine's speed drifts by 10% and more between minutes.",
         "",
         "| N | one at a time tok/s | concurrent tok/s | raw loop tok/s | concurrent / one at a time "
         "| concurrent / raw | TTFT p50 ms | TTFT p99 ms | raw TTFT ms |",
@@ -175,7 +180,7 @@ def write_report(args: argparse.Namespace, levels: list[int], results: dict, con
         s = results[n]
         lines.append(
             f"| {n} | {s['sequential_tps']:.1f} | {s['concurrent_tps']:.1f} | {s['raw_tps']:.1f} "
-            f"| {s['concurrent_tps'] / s['sequential_tps']:.2f}x | {s['concurrent_tps'] / s['raw_tps']:.2f}x "
+            f"| {s['concurrent_over_sequential']:.2f}x | {s['concurrent_over_raw']:.2f}x "
             f"| {s['concurrent_ttft_p50'] * 1000:.0f} | {s['concurrent_ttft_p99'] * 1000:.0f} "
             f"| {s['raw_ttft_p50'] * 1000:.0f} |"
         )

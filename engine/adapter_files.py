@@ -2,8 +2,8 @@
 
 An agent names a file; the server must never open anything outside those directories: absolute
 paths elsewhere, `..`, and symlinks that resolve outside are refused. The file is then opened once,
-without following a final symlink, and that same descriptor is validated and handed to llama.cpp,
-so the file checked is the file loaded.
+without following a final symlink, and read whole; those bytes are validated and handed to llama.cpp
+(from memory), so the file checked is the file loaded.
 """
 
 from __future__ import annotations
@@ -24,27 +24,23 @@ class AdapterPathError(InvalidRequest):
 
 
 @dataclass(frozen=True)
-class OpenedAdapterFile:
-    """An open adapter file. Whoever holds it closes it; the core only borrows it to load from."""
+class AdapterFileBytes:
+    """An adapter file's whole content, read once: what is validated is exactly what llama.cpp loads."""
 
     path: Path  # the real path, inside an adapter directory
-    fd: int
-    size: int
+    data: bytes
     identity: tuple[int, int]  # (st_dev, st_ino): "the same file", for idempotent loads
 
     @property
-    def proc_path(self) -> str:
-        """A path naming exactly this open file (for readers that take paths)."""
-        return f"/proc/self/fd/{self.fd}"
-
-    def close(self) -> None:
-        os.close(self.fd)
+    def size(self) -> int:
+        return len(self.data)
 
 
-def open_adapter_file(real: Path, display: str) -> OpenedAdapterFile:
-    """Open a resolved adapter path once, without following a final symlink.
+def read_adapter_file(real: Path, display: str) -> AdapterFileBytes:
+    """Open a resolved adapter path once, without following a final symlink, and read it whole.
 
-    O_NONBLOCK: opening a FIFO must not wait for a writer; only regular files are kept."""
+    O_NONBLOCK: opening a FIFO must not wait for a writer; only regular files are read. Blocking file
+    system work (a stalled network mount) happens here, in a worker thread, never on the decode thread."""
     try:
         fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
@@ -56,10 +52,11 @@ def open_adapter_file(real: Path, display: str) -> OpenedAdapterFile:
         if info.st_size > MAX_ADAPTER_BYTES:
             raise AdapterPathError(f"{display!r} is {info.st_size} bytes: larger than any LoRA adapter should be")
         os.set_blocking(fd, True)
-    except BaseException:
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_ADAPTER_BYTES + 1)
+    finally:
         os.close(fd)
-        raise
-    return OpenedAdapterFile(real, fd, info.st_size, (info.st_dev, info.st_ino))
+    return AdapterFileBytes(real, data, (info.st_dev, info.st_ino))
 
 
 class AdapterDirectories:
@@ -95,8 +92,8 @@ class AdapterDirectories:
             return real
         raise AdapterPathError(f"no adapter file {requested!r} in the adapter directories; {self._hint()}")
 
-    def open(self, requested: str) -> OpenedAdapterFile:
-        return open_adapter_file(self.resolve(requested), requested)
+    def read(self, requested: str) -> AdapterFileBytes:
+        return read_adapter_file(self.resolve(requested), requested)
 
     def available(self, limit: int = 200) -> list[str]:
         """GGUF files an agent may load, as paths relative to their adapter directory."""

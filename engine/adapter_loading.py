@@ -1,6 +1,6 @@
 """The slow half of loading an adapter, done off the decode thread: check the name, find the file inside
-an adapter directory, open it, and validate it against the base model. The core then only hands the
-open file to llama.cpp, between two steps."""
+an adapter directory, read it, and validate it against the base model. The core then only hands the
+bytes to llama.cpp (from memory: no file I/O between two steps)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.adapter_files import AdapterDirectories, OpenedAdapterFile, open_adapter_file
+from engine.adapter_files import AdapterDirectories, AdapterFileBytes, read_adapter_file
 from engine.adapter_validation import AdapterFileInfo, validate_adapter
 from engine.errors import InvalidRequest
 
@@ -19,7 +19,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 @dataclass(frozen=True)
 class CheckedAdapterFile:
     name: str
-    file: OpenedAdapterFile
+    file: AdapterFileBytes
     info: AdapterFileInfo
 
 
@@ -32,7 +32,7 @@ class AdapterFileChecker:
         self._base_shapes = base_shapes
 
     def check(self, name: str, requested_path: str, *, trusted: bool = False) -> CheckedAdapterFile:
-        """Blocking (file system): run in a worker thread. The caller owns the returned open file.
+        """Blocking (file system): run in a worker thread.
 
         `trusted` (operator preloads) allows paths outside the adapter directories."""
         if not NAME_PATTERN.match(name):
@@ -41,18 +41,13 @@ class AdapterFileChecker:
                 f"adapter name {shown!r} is invalid: use 1-64 letters, digits, '.', '_' or '-', starting alphanumeric"
             )
         if trusted:
-            opened = open_adapter_file(Path(requested_path).expanduser().resolve(), requested_path)
+            file = read_adapter_file(Path(requested_path).expanduser().resolve(), requested_path)
         else:
-            opened = self.directories.open(requested_path)
-        try:
-            info = validate_adapter(
-                opened.proc_path,
-                size=opened.size,
-                display_name=requested_path,
-                base_architecture=self._base_architecture,
-                base_shapes=self._base_shapes,
-            )
-        except BaseException:
-            opened.close()
-            raise
-        return CheckedAdapterFile(name, opened, info)
+            file = self.directories.read(requested_path)
+        info = validate_adapter(
+            file.data,
+            display_name=requested_path,
+            base_architecture=self._base_architecture,
+            base_shapes=self._base_shapes,
+        )
+        return CheckedAdapterFile(name, file, info)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from engine.adapter_files import OpenedAdapterFile
+from engine.adapter_files import AdapterFileBytes
 from engine.adapter_loading import CheckedAdapterFile
 from engine.errors import InvalidRequest
 from engine.info import AdapterInfo, LoadedAdapter
@@ -28,7 +28,7 @@ class UnknownAdapter(InvalidRequest):
 
 
 class AdapterRunner(Protocol):
-    def load_adapter(self, opened: OpenedAdapterFile) -> Any: ...
+    def load_adapter(self, file: AdapterFileBytes) -> Any: ...
     def free_adapter(self, handle: Any) -> None: ...
 
 
@@ -52,30 +52,30 @@ class AdapterRegistry:
     # -- management -----------------------------------------------------------------------------------
 
     def load(self, checked: CheckedAdapterFile) -> LoadedAdapter:
-        name, opened = checked.name, checked.file
+        name, file = checked.name, checked.file
         existing = self._loaded.get(name)
         if existing is not None:
-            if existing.identity == opened.identity and existing.info.file_size == opened.size:
+            if existing.identity == file.identity and existing.info.file_size == file.size:
                 return LoadedAdapter(adapter=existing.public(), newly_loaded=False)
             raise InvalidRequest(
                 f"an adapter named {name!r} is already loaded from {existing.info.path}; "
                 "unload it first or choose another name"
             )
-        handle = self._runner.load_adapter(opened)
-        file = checked.info
+        handle = self._runner.load_adapter(file)  # llama.cpp parses the bytes already in memory
+        meta = checked.info
         info = AdapterInfo(
             name=name,
-            path=str(opened.path),
-            file_size=opened.size,
-            rank=file.rank,
-            alpha=file.alpha,
-            target_modules=file.target_modules,
-            architecture=file.architecture,
+            path=str(file.path),
+            file_size=file.size,
+            rank=meta.rank,
+            alpha=meta.alpha,
+            target_modules=meta.target_modules,
+            architecture=meta.architecture,
             loaded_at=datetime.now(UTC),
             requests_served=0,
             requests_in_flight=0,
         )
-        self._loaded[name] = _Loaded(info, handle, opened.identity)
+        self._loaded[name] = _Loaded(info, handle, file.identity)
         return LoadedAdapter(adapter=info, newly_loaded=True)
 
     def unload(self, name: str) -> AdapterInfo:

@@ -7,6 +7,7 @@ tensors that name no base tensor or have the wrong shapes.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -30,13 +31,14 @@ class AdapterFileInfo:
 
 
 def validate_adapter(
-    path: str, *, size: int, display_name: str, base_architecture: str, base_shapes: Mapping[str, tuple[int, ...]]
+    data: bytes, *, display_name: str, base_architecture: str, base_shapes: Mapping[str, tuple[int, ...]]
 ) -> AdapterFileInfo:
-    """`path` must name the opened file; `base_shapes` maps base tensor names to ggml shapes (ne order)."""
+    """`data` is the whole file; `base_shapes` maps base tensor names to ggml shapes (ne order)."""
     where = repr(display_name)
+    size = len(data)
     if size == 0:
         raise AdapterFileError(f"{where} is empty")
-    with open(path, "rb") as f:
+    with io.BytesIO(data) as f:
         magic = f.read(4)
         if magic != GGUF_MAGIC:
             raise AdapterFileError(f"{where} is not a GGUF file (it starts with {magic!r}, not b'GGUF')")

@@ -40,7 +40,7 @@ class AdapterCommand(Generic[R]):
 
 @dataclass(frozen=True)
 class LoadAdapter(AdapterCommand[LoadedAdapter]):
-    checked: CheckedAdapterFile  # opened and validated off the decode thread; the sender closes the file
+    checked: CheckedAdapterFile  # read and validated off the decode thread
 
 
 @dataclass(frozen=True)

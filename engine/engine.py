@@ -14,7 +14,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
@@ -43,7 +43,7 @@ from engine.commands import (
     UnloadAdapter,
 )
 from engine.config import EngineConfig
-from engine.errors import EngineBusy, EngineError, EngineFailure, EngineStopped
+from engine.errors import EngineBusy, EngineError, EngineFailure, EngineStopped, InvalidRequest
 from engine.info import AdapterInfo, AdapterListing, EngineState, EngineStats, LoadedAdapter, ModelInfo
 from engine.preparation import RequestPreparer
 from engine.request import GenerateRequest
@@ -54,6 +54,7 @@ from engine.worker import RunnerFactory, Worker
 logger = logging.getLogger(__name__)
 
 R = TypeVar("R")
+ADAPTER_READ_TIMEOUT_S = 30.0
 StreamEvent = TextDelta | GenerationResult | EngineError
 
 
@@ -65,17 +66,14 @@ def _llama_runner(config: EngineConfig) -> ModelRunner:
 
 @dataclass
 class _Pending:
-    """An adapter command awaiting its answer. `cleanup` runs when the answer comes, even if nobody waits."""
+    """An adapter command awaiting its answer."""
 
     done: anyio.Event
-    cleanup: Callable[[], None] | None = None
     result: Any = None
     error: EngineError | None = None
 
     def resolve(self, result: Any = None, error: EngineError | None = None) -> None:
         self.result, self.error = result, error
-        if self.cleanup is not None:
-            self.cleanup()
         self.done.set()
 
 
@@ -246,8 +244,17 @@ class LlamaEngine:
 
     async def _load_adapter(self, name: str, path: str, *, trusted: bool = False) -> LoadedAdapter:
         # Find, open and validate in a thread; the core only hands the open file to llama.cpp.
-        checked = await anyio.to_thread.run_sync(lambda: self._checker.check(name, path, trusted=trusted))
-        return await self._call(LoadAdapter(next(self._ids), checked), cleanup=checked.file.close)
+        try:
+            with anyio.fail_after(ADAPTER_READ_TIMEOUT_S):
+                checked = await anyio.to_thread.run_sync(
+                    lambda: self._checker.check(name, path, trusted=trusted), abandon_on_cancel=True
+                )
+        except TimeoutError:
+            raise InvalidRequest(
+                f"reading the adapter file took longer than {ADAPTER_READ_TIMEOUT_S:g} s (a slow or stalled "
+                "file system?); copy it to a local adapter directory and retry"
+            ) from None
+        return await self._call(LoadAdapter(next(self._ids), checked))
 
     async def unload_adapter(self, name: str) -> AdapterInfo:
         await self._ready_worker()
@@ -265,8 +272,8 @@ class LlamaEngine:
             available_files=await anyio.to_thread.run_sync(self._directories.available),
         )
 
-    async def _call(self, command: AdapterCommand[R], *, cleanup: Callable[[], None] | None = None) -> R:
-        pending = _Pending(anyio.Event(), cleanup)
+    async def _call(self, command: AdapterCommand[R]) -> R:
+        pending = _Pending(anyio.Event())
         if self._worker is None:
             pending.resolve(error=self._stopped_error())
         else:

@@ -14,7 +14,7 @@ from typing import Any
 
 import llama_cpp
 
-from engine.adapter_files import OpenedAdapterFile
+from engine.adapter_files import AdapterFileBytes
 from engine.adapter_validation import AdapterFileError
 from engine.config import EngineConfig
 from engine.errors import EngineFailure
@@ -30,8 +30,8 @@ from engine.step_batch import StepBatch
 logger = logging.getLogger(__name__)
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"))
-_libc.fdopen.restype = ctypes.c_void_p
-_libc.fdopen.argtypes = [ctypes.c_int, ctypes.c_char_p]
+_libc.fmemopen.restype = ctypes.c_void_p
+_libc.fmemopen.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p]
 _libc.fclose.argtypes = [ctypes.c_void_p]
 
 
@@ -139,20 +139,17 @@ class LlamaRunner:
             header = read_gguf_header(f, os.fstat(f.fileno()).st_size)
         return {t.name: t.shape for t in header.tensors}
 
-    def load_adapter(self, opened: OpenedAdapterFile) -> Any:
-        """Load from the already opened and validated file, not from its path (no swap in between)."""
-        fd = os.dup(opened.fd)
-        os.lseek(fd, 0, os.SEEK_SET)
-        fp = _libc.fdopen(fd, b"rb")
+    def load_adapter(self, file: AdapterFileBytes) -> Any:
+        """Load the validated bytes from memory (fmemopen): no file I/O here, and no swap since validation."""
+        fp = _libc.fmemopen(file.data, len(file.data), b"rb")
         if not fp:
-            os.close(fd)
-            raise OSError("fdopen failed")
+            raise OSError(ctypes.get_errno(), "fmemopen failed")
         try:
             adapter = llama_cpp.llama_adapter_lora_init_from_file_ptr(self.model, fp)
         finally:
             _libc.fclose(fp)
         if not adapter:  # a failed load is a NULL pointer, which is falsy but not None
-            raise AdapterFileError(f"llama.cpp refused the adapter {opened.path.name} (see the server log)")
+            raise AdapterFileError(f"llama.cpp refused the adapter {file.path.name} (see the server log)")
         return adapter
 
     def free_adapter(self, handle: Any) -> None:

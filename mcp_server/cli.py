@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -25,6 +26,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http", action="store_true", help="serve streamable HTTP at /mcp instead of stdio")
     p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="HTTP port (default: %(default)s)")
+    p.add_argument(
+        "--auth-token",
+        default=os.environ.get("LORAMUX_AUTH_TOKEN") or None,
+        metavar="TOKEN",
+        help="require 'Authorization: Bearer TOKEN' on every HTTP route but /health (default: $LORAMUX_AUTH_TOKEN)",
+    )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host name clients use to reach the server (besides the bind address); repeatable",
+    )
     p.add_argument(
         "--context",
         type=int,
@@ -129,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     engine = Engine(config)
     try:
         if args.http:
-            anyio.run(_serve_http, engine, args.host, args.port)
+            anyio.run(_serve_http, engine, args)
         else:
             anyio.run(build_server(engine, own_engine=True).run_stdio_async)
     except* EngineError as group:  # e.g. a preloaded adapter that fails validation
@@ -138,16 +152,24 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
 
 
-async def _serve_http(engine: Engine, host: str, port: int) -> None:
+async def _serve_http(engine: Engine, args: argparse.Namespace) -> None:
     import uvicorn
 
+    host, port = args.host, args.port
     failures: list[BaseException] = []
 
     def on_engine_failure(exc: BaseException) -> None:
         failures.append(exc)
         server.should_exit = True
 
-    app = build_http_app(engine, build_server(engine), host=host, on_engine_failure=on_engine_failure)
+    app = build_http_app(
+        engine,
+        build_server(engine),
+        host=host,
+        allowed_hosts=args.allowed_host,
+        auth_token=args.auth_token,
+        on_engine_failure=on_engine_failure,
+    )
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
     url_host = f"[{host}]" if ":" in host else host
     logger.info("model %s (loading)", engine.config.model_path.name)

@@ -9,7 +9,7 @@ OpenAI-compatible API, /metrics) are more routes on the same app over the same e
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import anyio
@@ -18,8 +18,10 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from engine import EngineState, InferenceEngine
+from mcp_server.http_security import guarded, transport_security
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +33,14 @@ def build_http_app(
     mcp: MCPServer,
     *,
     host: str = "127.0.0.1",
+    allowed_hosts: Sequence[str] = (),
+    auth_token: str | None = None,
     on_engine_failure: Callable[[BaseException], None] | None = None,
-) -> Starlette:
-    mcp_app = mcp.streamable_http_app(streamable_http_path=MCP_PATH, host=host)
+) -> ASGIApp:
+    """The app, behind Host/Origin checks on every route, the optional token, and a body limit."""
+    mcp_app = mcp.streamable_http_app(
+        streamable_http_path=MCP_PATH, host=host, transport_security=transport_security(host, allowed_hosts)
+    )
 
     async def health(_request: Request) -> JSONResponse:
         state = engine.state
@@ -71,4 +78,5 @@ def build_http_app(
                 yield
             stop.set()
 
-    return Starlette(routes=[Route("/health", health, methods=["GET"]), *mcp_app.routes], lifespan=lifespan)
+    app = Starlette(routes=[Route("/health", health, methods=["GET"]), *mcp_app.routes], lifespan=lifespan)
+    return guarded(app, bind_host=host, allowed_hosts=allowed_hosts, token=auth_token)

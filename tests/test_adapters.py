@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -245,3 +247,67 @@ async def test_invalid_adapter_names_are_refused(lora_engine: Engine) -> None:
     for name in ["", "has space", "../x", "a" * 65]:
         with pytest.raises(InvalidRequest, match="adapter name"):
             await lora_engine.load_adapter(name, "lora0.gguf")
+
+
+# -- files that block: nothing stalls the decode thread --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def special_files(adapter_dir: Path) -> dict[str, str]:
+    os.mkfifo(adapter_dir / "fifo.gguf")
+    made = {"fifo.gguf": "not a regular file"}
+    try:
+        os.mknod(adapter_dir / "device.gguf", stat.S_IFCHR | 0o600, os.makedev(1, 5))  # like /dev/zero
+        made["device.gguf"] = "not a regular file"
+    except PermissionError:
+        pass  # not root: the FIFO covers the blocking-open case
+    return made
+
+
+async def test_fifos_and_devices_are_refused_without_blocking(
+    lora_engine: Engine, special_files: dict[str, str]
+) -> None:
+    for name, expected in special_files.items():
+        with anyio.fail_after(5):  # a blocking open of a FIFO would wait for a writer forever
+            with pytest.raises(InvalidRequest, match=expected):
+                await lora_engine.load_adapter("bad", name)
+
+
+async def test_streams_keep_generating_while_an_adapter_file_is_read_slowly(
+    lora_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import engine.adapter_files as adapter_files
+
+    read = adapter_files.read_adapter_file
+
+    def slow_read(real: Path, display: str) -> object:
+        time.sleep(1.5)  # a slow network mount
+        return read(real, display)
+
+    monkeypatch.setattr(adapter_files, "read_adapter_file", slow_read)
+    sampling = SamplingParams(temperature=0.0, max_tokens=2000, ignore_eos=True)
+    arrivals: list[float] = []
+    window: list[float] = []
+
+    async def stream(i: int) -> None:
+        async with lora_engine.generate(request(*([f"a{i % 3}"] if i else []), sampling=sampling)) as s:
+            async for _ in s:
+                arrivals.append(time.monotonic())
+                if len(window) == 2:
+                    break
+
+    async def load() -> None:
+        await anyio.sleep(0.5)
+        window.append(time.monotonic())
+        loaded = await lora_engine.load_adapter("slow", "lora3.gguf")
+        window.append(time.monotonic())
+        assert loaded.newly_loaded
+
+    async with anyio.create_task_group() as tg:
+        for i in range(4):
+            tg.start_soon(stream, i)
+        tg.start_soon(load)
+    during = [t for t in arrivals if window[0] < t < window[1]]
+    assert window[1] - window[0] >= 1.5
+    assert len(during) >= 20  # the streams generated all along (a stalled decode thread gives none)
+    await lora_engine.unload_adapter("slow")
