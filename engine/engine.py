@@ -15,7 +15,6 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -92,7 +91,7 @@ class LlamaEngine:
         self._model_info: ModelInfo | None = None
         self._worker: Worker | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._exit_stack: AsyncExitStack | None = None
+        self._started_worker: Worker | None = None  # the thread to stop and join, even after it halted
         self._directories = AdapterDirectories(config.adapter_dirs)
 
     # -- lifetime -----------------------------------------------------------------------------------------
@@ -115,9 +114,7 @@ class LlamaEngine:
         except BaseException:
             self._state = EngineState.FAILED
             self._started.set()
-            if self._exit_stack is not None:
-                with anyio.CancelScope(shield=True):
-                    await self._exit_stack.aclose()
+            await self._stop_worker()
             raise
         self._state = EngineState.READY
         self._started.set()
@@ -129,10 +126,7 @@ class LlamaEngine:
         worker = Worker(self.config, self._runner_factory, self._emit_from_worker)
         worker.start()
         runner = await anyio.to_thread.run_sync(worker.ready.result)
-        async with AsyncExitStack() as stack:
-            stack.push_async_callback(self._stop_worker, worker)
-            self._worker = worker
-            self._exit_stack = stack.pop_all()
+        self._worker = self._started_worker = worker
         self._model_info = runner.info
         self._preparer, self._checker = await anyio.to_thread.run_sync(self._read_only_helpers, runner)
         for name, path in self.config.preload_adapters:
@@ -157,13 +151,14 @@ class LlamaEngine:
     async def stop(self) -> None:
         if self._state in (EngineState.READY, EngineState.STARTING):
             self._state = EngineState.STOPPING
-        if self._exit_stack is not None:
-            stack, self._exit_stack = self._exit_stack, None
-            await stack.aclose()
+        await self._stop_worker()
         if self._state is not EngineState.FAILED:
             self._state = EngineState.STOPPED
 
-    async def _stop_worker(self, worker: Worker) -> None:
+    async def _stop_worker(self) -> None:
+        worker, self._started_worker = self._started_worker, None
+        if worker is None:
+            return
         worker.submit(Shutdown())
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(worker.join)

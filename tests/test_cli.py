@@ -58,3 +58,19 @@ def test_readme_documents_every_option() -> None:
     readme = (ROOT / "README.md").read_text()
     missing = sorted(opt for opt in options - {"--help"} if f"`{opt}" not in readme)
     assert not missing, f"the README's options table lacks {missing}"
+
+
+@pytest.mark.parametrize("transport", [[], ["--http", "--port", "0"]])
+def test_a_bad_preloaded_adapter_is_a_clear_startup_error(tmp_path: Path, transport: list[str]) -> None:
+    """Over HTTP the engine starts in the background; its failure still ends the process with exit 2."""
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"junk")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mcp_server", *transport, "--adapter", f"x={bad}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "is not a GGUF file" in proc.stderr and proc.stdout == ""
