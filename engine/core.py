@@ -89,7 +89,10 @@ class EngineCore:
         elif isinstance(command, AdapterCommand):
             try:
                 result = self._adapter_command(command)
-            except EngineError as exc:
+            except Exception as exc:  # one bad command fails alone, never the core
+                if not isinstance(exc, EngineError):
+                    logger.exception("adapter command %r failed", type(command).__name__)
+                    exc = EngineFailure("the engine could not do this adapter operation (see the server log)")
                 self._events.append(CommandFailed(command.command_id, exc))
             else:
                 self._events.append(CommandDone(command.command_id, result))

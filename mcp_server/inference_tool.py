@@ -43,13 +43,16 @@ _request = GenerateRequest.model_fields
 _message = ChatMessage.model_fields
 
 
-def _from_field(field: FieldInfo, *, description: str | None = None, default: Any = ...) -> tuple[Any, Any]:
-    """(annotation, default) for a tool parameter with the bounds of an engine model's field.
+def _from_field(field: FieldInfo, *, description: str | None = None, optional: bool = False) -> tuple[Any, Any]:
+    """(annotation, default) for a tool parameter with the bounds of an engine model's field; `optional`
+    makes it omittable (default None) although the engine's field is required or defaults to empty.
 
     Scalars are strict: `max_tokens: true` or `raw: "true"` is an error, not 1 token or True."""
     strict = [Strict()] if _is_scalar(field.annotation) else []
-    meta = (*strict, *field.metadata, Field(description=description or field.description))
-    return Annotated[(field.annotation, *meta)], field.default if default is ... else default
+    annotation = Annotated[(field.annotation, *strict, *field.metadata)]
+    if optional:
+        return Annotated[annotation | None, Field(description=description or field.description)], None
+    return Annotated[annotation, Field(description=description or field.description)], field.default
 
 
 def _is_scalar(annotation: Any) -> bool:
@@ -63,7 +66,7 @@ TOOL_PARAMETERS: dict[str, tuple[Any, Any]] = {
     ),
     "messages": _from_field(_request["messages"]),
     "system": _from_field(
-        _message["content"], description="System instructions placed before the conversation.", default=None
+        _message["content"], description="System instructions placed before the conversation.", optional=True
     ),
     "raw": (
         Annotated[
@@ -72,16 +75,13 @@ TOOL_PARAMETERS: dict[str, tuple[Any, Any]] = {
         False,
     ),
     **{name: _from_field(field) for name, field in SamplingParams.model_fields.items()},
-    "adapters": _from_field(_request["adapters"]),
+    "adapters": _from_field(_request["adapters"], optional=True),
     "adapter": _from_field(
         AdapterRef.model_fields["name"],
         description="Shorthand for one adapter at scale 1.0 (instead of `adapters`).",
-        default=None,
+        optional=True,
     ),
 }
-# optional in the tool although their engine fields are required or default to empty
-for _name in ("system", "adapter", "adapters"):
-    TOOL_PARAMETERS[_name] = (TOOL_PARAMETERS[_name][0] | None, None)
 
 
 def register(mcp: MCPServer, engine: InferenceEngine) -> None:

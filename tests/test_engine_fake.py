@@ -277,3 +277,28 @@ async def test_calls_made_while_starting_wait_for_the_model() -> None:
         finished.set()
     assert results[0].text == "hello world"
     assert eng.state is EngineState.STOPPED
+
+
+def test_an_adapter_command_that_breaks_fails_alone() -> None:
+    from pathlib import Path
+
+    from engine.adapter_files import AdapterFileBytes
+    from engine.adapter_loading import CheckedAdapterFile
+    from engine.adapter_validation import AdapterFileInfo
+    from engine.commands import CommandFailed, LoadAdapter
+
+    core, runner, preparer, _ = make_core()
+
+    def broken_load(file: object) -> object:
+        raise OSError("injected load failure")
+
+    runner.load_adapter = broken_load  # type: ignore[method-assign]
+    checked = CheckedAdapterFile(
+        "x", AdapterFileBytes(Path("x.gguf"), b"", (0, 0)), AdapterFileInfo("fake", 8, 16.0, (), 2)
+    )
+    core.handle(LoadAdapter(1, checked))
+    add(core, preparer, 2, "still serving")
+    events = run_until_idle(core)
+    failed = [e for e in events if isinstance(e, CommandFailed)]
+    assert len(failed) == 1 and "adapter operation" in str(failed[0].error)
+    assert isinstance(outcomes(events)[2], RequestFinished)
