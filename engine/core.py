@@ -41,6 +41,12 @@ from engine.step import StepOutput, StepPlan, StepUpdate
 
 logger = logging.getLogger(__name__)
 
+REBUILD_AFTER = 3  # faulty steps in a row before the context is rebuilt
+
+
+def _internal_error() -> EngineFailure:
+    return EngineFailure("an internal error ended this request (the server log has the details); retry it")
+
 
 class EngineCore:
     def __init__(self, runner: ModelRunner, config: EngineConfig, *, clock: Callable[[], float] = time.monotonic):
@@ -56,6 +62,7 @@ class EngineCore:
         self._clock = clock
         self._sequences: dict[int, Sequence] = {}  # request id → live sequence
         self._events: list[Event] = []
+        self._faulty_steps = 0  # consecutive steps that raised
         self._counts = dict.fromkeys(
             (
                 "steps",
@@ -66,6 +73,7 @@ class EngineCore:
                 "requests_failed",
                 "sequence_moves",
                 "adapter_switches",
+                "context_rebuilds",
             ),
             0,
         )
@@ -131,10 +139,37 @@ class EngineCore:
         self._expire(now)
         plan = self.scheduler.schedule(now)
         if plan is not None:
-            output = self.runner.execute(plan, self.adapters.handles(plan.adapter_key))
-            update = self.scheduler.update_from_output(plan, output, self._clock())
-            self._record(plan, output, update)
+            try:
+                output = self.runner.execute(plan, self.adapters.handles(plan.adapter_key))
+                update = self.scheduler.update_from_output(plan, output, self._clock())
+            except Exception:
+                # A bug, not a bad request (the runner reports those in output.failed): fail this step's
+                # requests, keep serving the others.
+                logger.exception("a decode step failed unexpectedly")
+                self._recover(plan)
+            else:
+                self._faulty_steps = 0
+                self._record(plan, output, update)
         return self.take_events()
+
+    def _recover(self, plan: StepPlan) -> None:
+        """Fail the requests the faulty step touched (its chunks, and sequences it moved: their cells
+        may not be where the scheduler thinks). After REBUILD_AFTER faulty steps in a row the context
+        itself is suspect: every request fails and the runner rebuilds it."""
+        moved = {dst for _, dst in plan.moves}
+        touched = {c.seq.request_id for c in plan.chunks}
+        touched |= {s.request_id for s in self._sequences.values() if s.seq_id in moved}
+        for request_id in touched:
+            if (seq := self._sequences.get(request_id)) is not None:
+                self.scheduler.remove(seq)
+                self._end(seq, RequestFailed(request_id, _internal_error()), "requests_failed")
+        self._faulty_steps += 1
+        if self._faulty_steps >= REBUILD_AFTER:
+            logger.error("%d decode steps failed in a row: rebuilding the model context", self._faulty_steps)
+            self.fail_all(_internal_error)
+            self.runner.rebuild_context()
+            self._faulty_steps = 0
+            self._counts["context_rebuilds"] += 1
 
     def _record(self, plan: StepPlan, output: StepOutput, update: StepUpdate) -> None:
         counts = self._counts

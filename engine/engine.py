@@ -93,6 +93,7 @@ class LlamaEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started_worker: Worker | None = None  # the thread to stop and join, even after it halted
         self._directories = AdapterDirectories(config.adapter_dirs)
+        self._idle: anyio.Event | None = None  # set by drain(), fired when no request is open
 
     # -- lifetime -----------------------------------------------------------------------------------------
 
@@ -116,7 +117,8 @@ class LlamaEngine:
             self._started.set()
             await self._stop_worker()
             raise
-        self._state = EngineState.READY
+        if self._state is EngineState.STARTING:  # not if drain() began meanwhile
+            self._state = EngineState.READY
         self._started.set()
 
     async def _start(self) -> None:
@@ -147,6 +149,29 @@ class LlamaEngine:
             self._directories, base_architecture=runner.info.architecture, base_shapes=runner.tensor_shapes()
         )
         return preparer, checker
+
+    async def drain(self, grace_s: float) -> int:
+        """Stop taking requests and adapter commands; let the open requests run for up to `grace_s`
+        seconds, then end the rest with a "shutting down" error. Returns how many were ended so.
+
+        The engine keeps running (stop() ends it), so the front ends can still deliver the answers."""
+        if self._state in (EngineState.READY, EngineState.STARTING):
+            self._state = EngineState.STOPPING
+        if self._idle is None:
+            self._idle = anyio.Event()
+        if not self._streams:
+            self._idle.set()
+        with anyio.move_on_after(grace_s):
+            await self._idle.wait()  # a second drain(0) that ends the rest wakes this one too
+        streams, self._streams = self._streams, {}
+        self._idle.set()
+        if streams:
+            logger.info("%d requests did not finish in time: ending them with a shutting-down error", len(streams))
+        for stream in streams.values():
+            if self._worker is not None:
+                self._worker.submit(AbortRequest(stream.request_id))  # frees its sequence before the next step
+            stream._push(EngineStopped(f"the server is shutting down: the request did not finish within {grace_s:g} s"))
+        return len(streams)
 
     async def stop(self) -> None:
         if self._state in (EngineState.READY, EngineState.STARTING):
@@ -187,6 +212,8 @@ class LlamaEngine:
     def _stopped_error(self) -> EngineError:
         if self._state is EngineState.FAILED:
             return EngineFailure("the engine stopped after an internal error; see the server log")
+        if self._state is EngineState.STOPPING:
+            return EngineStopped("the server is shutting down and takes no new requests")
         return EngineStopped("the engine is not running")
 
     # -- requests -----------------------------------------------------------------------------------------
@@ -220,7 +247,7 @@ class LlamaEngine:
                 self._preparer.prepare, stream.request_id, stream.request, submitted_at, abandon_on_cancel=True
             )
         except BaseException:
-            self._streams.pop(stream.request_id, None)
+            self._forget(stream.request_id)
             raise
         if self._worker is None or stream.request_id not in self._streams:
             raise self._stopped_error()  # the engine halted while this request was being prepared
@@ -297,7 +324,7 @@ class LlamaEngine:
                 if stream is not None:
                     stream._push(event.delta)
             elif isinstance(event, RequestFinished | RequestFailed):
-                stream = self._streams.pop(event.request_id, None)
+                stream = self._forget(event.request_id)
                 if stream is not None:
                     stream._push(event.result if isinstance(event, RequestFinished) else event.error)
             elif isinstance(event, CommandDone | CommandFailed):
@@ -310,12 +337,20 @@ class LlamaEngine:
             elif isinstance(event, EngineHalted):
                 self._halt(failed=event.failed)
 
+    def _forget(self, request_id: int) -> RequestStream | None:
+        stream = self._streams.pop(request_id, None)
+        if self._idle is not None and not self._streams:
+            self._idle.set()
+        return stream
+
     def _halt(self, *, failed: bool) -> None:
         """The core's thread has ended: fail every open request and command, each with its own error."""
         self._worker = None
         if failed:
             self._state = EngineState.FAILED
         streams, self._streams = self._streams, {}
+        if self._idle is not None:
+            self._idle.set()
         for stream in streams.values():
             stream._push(self._stopped_error())
         pending, self._pending = self._pending, {}

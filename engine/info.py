@@ -72,6 +72,7 @@ class EngineStats:
     requests_failed: int = 0
     sequence_moves: int = 0  # running requests' state moved to keep groups contiguous
     adapter_switches: int = 0  # steps that changed the adapter set
+    context_rebuilds: int = 0  # model contexts rebuilt after repeated faulty steps
     kv_cells_used: int = 0  # context cells held by running requests
     # sequences_per_step[n] = number of decode steps that carried n sequences
     sequences_per_step: dict[int, int] = field(default_factory=dict)

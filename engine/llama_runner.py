@@ -60,17 +60,17 @@ class LlamaRunner:
         # does not depend on what else is in the batch.
         ctx_params.kv_unified = False
         ctx_params.no_perf = True
-        ctx = llama_cpp.llama_init_from_model(model, ctx_params)
-        if not ctx:
+        self._ctx_params = ctx_params
+        try:
+            self._new_context()
+        except EngineFailure:
             llama_cpp.llama_model_free(model)
-            raise EngineFailure(f"llama.cpp could not create a context of {config.context_size} cells")
-        self.ctx = ctx
-        self.memory = llama_cpp.llama_get_memory(ctx)
+            raise
+        ctx = self.ctx
         self.vocab = LlamaVocab(model)
         self.max_sequences = config.max_sequences
         self._batch = StepBatch(capacity)
         self._samplers: dict[int, LlamaSampler] = {}  # request id → sampler chain
-        self._applied: list[tuple[Any, float]] = []  # the context's adapter set
         self.info = ModelInfo(
             name=config.model_path.name,
             description=self._model_desc(),
@@ -80,6 +80,20 @@ class LlamaRunner:
             context_per_request=llama_cpp.llama_n_ctx_seq(ctx),
             max_running_requests=config.max_sequences,
         )
+
+    def _new_context(self) -> None:
+        self._applied: list[tuple[Any, float]] = []  # the context's adapter set
+        ctx = llama_cpp.llama_init_from_model(self.model, self._ctx_params)
+        if not ctx:
+            raise EngineFailure(f"llama.cpp could not create a context of {self._ctx_params.n_ctx} cells")
+        self.ctx = ctx
+        self.memory = llama_cpp.llama_get_memory(ctx)
+        self._applied = []
+
+    def rebuild_context(self) -> None:
+        assert not self._samplers, "every sequence (and its sampler, which points at the context) is gone"
+        llama_cpp.llama_free(self.ctx)
+        self._new_context()
 
     # -- requests ---------------------------------------------------------------------------------------
 

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
+import uvicorn
 from pydantic import ValidationError
 
 from engine import Engine, EngineConfig, EngineError
 from engine.config import default_adapter_dir
 from mcp_server.http_app import MCP_PATH, build_http_app
 from mcp_server.server import build_server
+from mcp_server.shutdown import DEFAULT_GRACE_S, stop_on_signals
+from mcp_server.stdio import serve_stdio
 
 logger = logging.getLogger("loramux")
 
@@ -97,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="Jinja chat template to use instead of the model's own (e.g. to fix a model's template)",
     )
+    p.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=DEFAULT_GRACE_S,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, how long running calls may take to finish before they are ended "
+        "(default: %(default)s)",
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -145,16 +158,38 @@ def main(argv: list[str] | None = None) -> None:
         if args.http:
             anyio.run(_serve_http, engine, args)
         else:
-            anyio.run(build_server(engine, own_engine=True).run_stdio_async)
+            anyio.run(serve_stdio, build_server(engine, own_engine=True), engine, args.shutdown_grace)
     except* EngineError as group:  # e.g. a preloaded adapter that fails validation
-        for exc in group.exceptions:
+        for exc in _leaves(group):
             sys.stderr.write(f"loramux: {exc}\n")
         raise SystemExit(2) from None
+    except* (BrokenPipeError, ConnectionResetError):
+        # The stdio client was killed (or closed our stdout): there is nobody left to answer.
+        logger.info("the MCP client closed the connection; stopped")
+    else:
+        logger.info("stopped")
+
+
+def _leaves(group: BaseExceptionGroup) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        yield from _leaves(exc) if isinstance(exc, BaseExceptionGroup) else (exc,)
+
+
+# After the drain, how long connections that never end on their own (a client's open GET stream for
+# server notifications) may stay before uvicorn cancels them.
+LINGER_S = 2.0
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handlers: loramux drains the engine first (shutdown.py), then
+    sets should_exit. uvicorn's would stop the server at once and re-raise the signal afterwards."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 async def _serve_http(engine: Engine, args: argparse.Namespace) -> None:
-    import uvicorn
-
     host, port = args.host, args.port
     failures: list[BaseException] = []
 
@@ -170,11 +205,27 @@ async def _serve_http(engine: Engine, args: argparse.Namespace) -> None:
         auth_token=args.auth_token,
         on_engine_failure=on_engine_failure,
     )
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+    server = _Uvicorn(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            lifespan="on",
+            timeout_graceful_shutdown=LINGER_S,
+        )
+    )
     url_host = f"[{host}]" if ":" in host else host
     logger.info("model %s (loading)", engine.config.model_path.name)
     logger.info("MCP endpoint http://%s:%d%s  (health: /health)", url_host, port, MCP_PATH)
-    await server.serve()
+
+    async def close() -> None:
+        server.should_exit = True  # uvicorn lets the answers' responses finish, then stops
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stop_on_signals, engine, args.shutdown_grace, close)
+        await server.serve()
+        tg.cancel_scope.cancel()
     if failures:  # the engine could not start (e.g. a preloaded adapter failed validation)
         raise failures[0]
     if not server.started:  # uvicorn could not start (e.g. the port is taken) and has logged why

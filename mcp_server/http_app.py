@@ -18,9 +18,10 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine import EngineState, InferenceEngine
+from mcp_server.disconnects import DisconnectWatch
 from mcp_server.http_security import guarded, transport_security
 
 logger = logging.getLogger(__name__)
@@ -79,4 +80,33 @@ def build_http_app(
             stop.set()
 
     app = Starlette(routes=[Route("/health", health, methods=["GET"]), *mcp_app.routes], lifespan=lifespan)
+    app = DisconnectWatch(RefuseNewSessions(app, engine), MCP_PATH)
     return guarded(app, bind_host=host, allowed_hosts=allowed_hosts, token=auth_token)
+
+
+class RefuseNewSessions:
+    """While the server shuts down (or after the engine failed), a new MCP session gets 503 at once.
+
+    A new session is a POST with neither a session id nor a protocol version header (an `initialize`).
+    Everything else goes through: open sessions' cancellations and listings, and 2026-era clients, whose
+    every request is a new exchange; their new calls get the engine's "shutting down" tool error."""
+
+    def __init__(self, app: ASGIApp, engine: InferenceEngine) -> None:
+        self.app = app
+        self._engine = engine
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["path"] == MCP_PATH
+            and self._engine.state in (EngineState.STOPPING, EngineState.STOPPED, EngineState.FAILED)
+            and not any(name in (b"mcp-session-id", b"mcp-protocol-version") for name, _ in scope["headers"])
+        ):
+            reason = "failed" if self._engine.state is EngineState.FAILED else "is shutting down"
+            response = JSONResponse(
+                {"jsonrpc": "2.0", "id": None, "error": {"code": -32000, "message": f"the server {reason}"}},
+                status_code=503,
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

@@ -44,6 +44,11 @@ class LoramuxServer(MCPServer):
                 raise ToolError(describe(exc.__cause__)) from exc.__cause__
             raise
 
+    async def serve_streams(self, read: Any, write: Any) -> None:
+        """Serve one connection over a transport's streams (what run_stdio_async does with its own)."""
+        lowlevel = self._lowlevel_server
+        await lowlevel.run(read, write, lowlevel.create_initialization_options())
+
 
 def build_server(engine: InferenceEngine, *, own_engine: bool = False) -> MCPServer:
     """The MCP server over `engine`. With own_engine, the server's lifespan starts and stops the engine

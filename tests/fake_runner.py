@@ -2,7 +2,8 @@
 
 Tokens are bytes (0-255) plus EOS=256. Each request's sampler replies with `reply` bytes then EOS.
 Every executed step is recorded, so tests can see what the scheduler put in it. Faults can be injected:
-`fail_decodes` (the next N decodes fail), `failing_sampler` (a predicate on a request's sampling).
+`fail_decodes` (the next N decodes fail), `raise_in_execute` (the next N steps raise: a bug),
+`failing_sampler` (a predicate on a request's sampling).
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ class FakeRunner:
         self.moves: list[tuple[int, int]] = []
         self.adapter_sets: list[list[tuple[object, float]]] = []
         self.fail_decodes = 0
+        self.raise_in_execute = 0  # the next N executes raise (a bug, not a reported failure)
+        self.rebuilds = 0
         self.failing_sampler: Callable[[SamplingParams], bool] = lambda _: False
         self.failing_sampler_at_start: Callable[[SamplingParams], bool] = lambda _: False
         self._sampling: dict[int, SamplingParams] = {}
@@ -99,6 +102,9 @@ class FakeRunner:
         output = StepOutput()
         if not plan.chunks:
             return output
+        if self.raise_in_execute:
+            self.raise_in_execute -= 1
+            raise RuntimeError("injected bug in a decode step")
         if self.step_seconds:
             time.sleep(self.step_seconds)
         if not self.adapter_sets or self.adapter_sets[-1] != adapters:
@@ -117,6 +123,12 @@ class FakeRunner:
                 else:
                     output.sampled.append((c.seq, self.samplers[c.seq.request_id].sample()))
         return output
+
+    def rebuild_context(self) -> None:
+        assert not self.samplers
+        self.kv.clear()
+        self.adapter_sets.clear()
+        self.rebuilds += 1
 
     def load_adapter(self, opened: object) -> object:
         return object()

@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import anyio
 import pytest
 
 from engine import (
+    AdapterRef,
     ChatMessage,
     Engine,
     EngineBusy,
     EngineConfig,
     EngineError,
     EngineFailure,
+    EngineState,
     GenerateRequest,
     GenerationResult,
     InvalidRequest,
     PromptTooLong,
     SamplingParams,
 )
+from engine.step import StepOutput, StepPlan
 
 pytestmark = pytest.mark.anyio
+ROOT = Path(__file__).resolve().parent.parent
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=48)
 QUESTIONS = [
@@ -251,6 +257,62 @@ async def test_a_request_whose_template_or_sampler_fails_fails_alone(
         assert isinstance(outcomes[5], EngineFailure) and "sampling failed" in str(outcomes[5])
         assert (await eng.complete(good[0])).text == solo[0]  # and the engine serves the next call
         assert eng.stats().running == 0
+
+
+async def test_a_step_that_raises_fails_its_own_requests_and_repeated_faults_rebuild_the_context(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug inside a decode step (here: execute raises for steps carrying a marked request) fails only
+    that step's requests; other adapter groups' requests give exactly their solo text. Faulty steps in a
+    row rebuild the llama.cpp context, and the engine then serves correct text, adapters included."""
+    from engine.core import REBUILD_AFTER
+    from engine.llama_runner import LlamaRunner
+
+    execute = LlamaRunner.execute
+    armed = {"faults": 0}
+
+    def execute_with_fault(self: LlamaRunner, plan: StepPlan, adapters: list) -> StepOutput:
+        if armed["faults"] and any(c.seq.sampling.seed == 13 for c in plan.chunks):
+            armed["faults"] -= 1
+            raise RuntimeError("injected bug in a decode step")
+        return execute(self, plan, adapters)
+
+    monkeypatch.setattr(LlamaRunner, "execute", execute_with_fault)
+    sampling = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+    marked = chat("Tell me a story.", sampling.model_copy(update={"seed": 13})).model_copy(
+        update={"adapters": (AdapterRef(name="short"),)}
+    )
+    config = EngineConfig(
+        max_sequences=8, context_per_sequence=512, preload_adapters=(("short", ROOT / "adapters" / "short.gguf"),)
+    )
+    async with Engine(config) as eng:
+        good = [chat(q, sampling) for q in QUESTIONS[:4]]
+        solo = [(await eng.complete(r)).text for r in good]
+        marked_solo = (await eng.complete(marked)).text
+
+        armed["faults"] = 1
+        outcomes: dict[int, object] = {}
+
+        async def one(i: int, request: GenerateRequest) -> None:
+            try:
+                outcomes[i] = (await eng.complete(request)).text
+            except EngineError as exc:
+                outcomes[i] = exc
+
+        async with anyio.create_task_group() as tg:
+            for i, request in enumerate([*good, marked]):
+                tg.start_soon(one, i, request)
+        assert [outcomes[i] for i in range(4)] == solo
+        assert isinstance(outcomes[4], EngineFailure) and "internal error" in str(outcomes[4])
+        assert eng.state is EngineState.READY and eng.stats().context_rebuilds == 0
+
+        armed["faults"] = REBUILD_AFTER
+        for _ in range(REBUILD_AFTER):
+            with pytest.raises(EngineFailure, match="internal error"):
+                await eng.complete(marked)
+        assert eng.stats().context_rebuilds == 1 and eng.state is EngineState.READY
+        # the fresh context serves exactly what the old one did, with and without the adapter
+        assert [r.text for r in await run_concurrently(eng, [*good, marked])] == [*solo, marked_solo]
 
 
 # -- chat templates that move or rewrite message text --------------------------------------------------------

@@ -19,7 +19,7 @@ from engine import (
 )
 from engine.chat_template import ChatTemplate
 from engine.commands import AbortRequest, AddRequest, RequestFailed, RequestFinished, RequestOutput
-from engine.core import EngineCore
+from engine.core import REBUILD_AFTER, EngineCore
 from engine.preparation import RequestPreparer
 from tests.fake_runner import FakeRunner, FakeVocab
 
@@ -119,6 +119,38 @@ def test_a_failed_decode_gives_each_request_its_own_error_and_keeps_the_moves() 
     assert {e.request_id for e in failed} == {1, 3}
     assert failed[0].error is not failed[1].error
     assert runner.kv == {} and not core.has_work
+
+
+def test_a_step_that_raises_fails_its_requests_and_the_core_serves_on() -> None:
+    """A bug inside a step (not a reported decode failure) fails that step's requests, each with its
+    own clear error; the queued request and later ones are served on the same context."""
+    core, runner, preparer, _ = make_core(max_sequences=2)
+    for rid in (1, 2, 3):
+        add(core, preparer, rid, "abc")
+    runner.raise_in_execute = 1
+    done = outcomes(core.step())
+    assert set(done) == {1, 2}
+    assert all(isinstance(e, RequestFailed) and "internal error" in str(e.error) for e in done.values())
+    assert done[1].error is not done[2].error  # type: ignore[union-attr]
+    add(core, preparer, 4, "next")
+    done = outcomes(run_until_idle(core))
+    assert {rid: e.result.text for rid, e in done.items()} == {3: "hello world", 4: "hello world"}  # type: ignore[union-attr]
+    assert runner.rebuilds == 0 and runner.kv == {} and runner.samplers == {}
+
+
+def test_faulty_steps_in_a_row_rebuild_the_context_then_serving_resumes() -> None:
+    core, runner, preparer, _ = make_core(max_sequences=1)
+    for rid in range(1, 5):
+        add(core, preparer, rid, "abc")
+    runner.raise_in_execute = REBUILD_AFTER
+    failed = outcomes([e for _ in range(REBUILD_AFTER) for e in core.step()])
+    # each faulty step failed its own request; the last one also failed the queued request 4 and
+    # rebuilt the context
+    assert set(failed) == {1, 2, 3, 4} and all(isinstance(e, RequestFailed) for e in failed.values())
+    assert runner.rebuilds == 1 and core.stats().context_rebuilds == 1
+    add(core, preparer, 5, "after")
+    done = outcomes(run_until_idle(core))
+    assert done[5].result.text == "hello world"  # type: ignore[union-attr]
 
 
 def test_core_aborts_and_timeouts() -> None:
@@ -236,7 +268,8 @@ async def test_a_crashed_core_fails_everything_open_and_later_calls_at_once() ->
             def crash(*_: object) -> None:
                 raise RuntimeError("injected bug")
 
-            made[0].execute = crash  # type: ignore[method-assign]
+            # outside a step (a step's own faults are recovered from): the core cannot go on
+            made[0].kv_cells_used = crash  # type: ignore[method-assign]
             with pytest.raises(EngineFailure, match="internal error"):
                 async for _ in it:
                     pass
