@@ -37,7 +37,10 @@ class EngineConfig(BaseModel):
             "so running requests keep generating."
         ),
     )
-    threads: int = Field(default_factory=_default_threads, ge=1, le=256)
+    threads: int = Field(default_factory=_default_threads, ge=1, le=256, description="Most llama.cpp threads.")
+    adaptive_threads: bool = Field(
+        True, description="Use fewer threads while other processes keep cores busy (engine/cpu_share.py)."
+    )
     group_steps: int = Field(
         8, ge=1, le=1000, description="Decode steps an adapter group keeps the context before the next group's turn."
     )

@@ -17,6 +17,7 @@ import llama_cpp
 from engine.adapter_files import AdapterFileBytes
 from engine.adapter_validation import AdapterFileError
 from engine.config import EngineConfig
+from engine.cpu_share import ThreadGovernor
 from engine.errors import EngineFailure
 from engine.gguf_header import read_gguf_header
 from engine.info import ModelInfo
@@ -70,6 +71,8 @@ class LlamaRunner:
         self.vocab = LlamaVocab(model)
         self.max_sequences = config.max_sequences
         self._batch = StepBatch(capacity)
+        self._governor = ThreadGovernor(config.threads) if config.adaptive_threads else None
+        self._threads = config.threads
         self._samplers: dict[int, LlamaSampler] = {}  # request id → sampler chain
         self.info = ModelInfo(
             name=config.model_path.name,
@@ -94,6 +97,7 @@ class LlamaRunner:
         assert not self._samplers, "every sequence (and its sampler, which points at the context) is gone"
         llama_cpp.llama_free(self.ctx)
         self._new_context()
+        self._threads = self._ctx_params.n_threads
 
     # -- requests ---------------------------------------------------------------------------------------
 
@@ -119,6 +123,7 @@ class LlamaRunner:
         if not plan.chunks:
             return output
         try:
+            self._follow_cpu_share()
             output.adapter_switched = self._set_adapters(adapters)
             to_sample = self._batch.fill(plan)
             rc = llama_cpp.llama_decode(self.ctx, self._batch.batch)
@@ -137,6 +142,12 @@ class LlamaRunner:
                 logger.exception("sampling failed for request %d", seq.request_id)
                 output.failed.append((seq, EngineFailure(f"sampling failed for this request: {exc}")))
         return output
+
+    def _follow_cpu_share(self) -> None:
+        if self._governor is not None and (threads := self._governor.update()) != self._threads:
+            logger.debug("llama.cpp threads %d -> %d (other processes' CPU use)", self._threads, threads)
+            llama_cpp.llama_set_n_threads(self.ctx, threads, threads)
+            self._threads = threads
 
     def kv_cells_used(self) -> int:
         used = 0

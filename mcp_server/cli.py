@@ -68,7 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults["group_steps"].default,
         help="decode steps one adapter group runs before the next group's turn (default: %(default)s)",
     )
-    p.add_argument("--threads", type=int, help="llama.cpp threads (default: the number of cores, at most 8)")
+    p.add_argument("--threads", type=int, help="most llama.cpp threads (default: the number of cores, at most 8)")
+    p.add_argument(
+        "--fixed-threads",
+        action="store_true",
+        help="always use --threads threads, even while other processes keep cores busy",
+    )
     p.add_argument(
         "--queue-depth",
         type=int,
@@ -134,6 +139,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         values["model_path"] = args.model
     if args.threads is not None:
         values["threads"] = args.threads
+    values["adaptive_threads"] = not args.fixed_threads
     if args.adapter_dir:
         values["adapter_dirs"] = tuple(args.adapter_dir)
     values["preload_adapters"] = tuple(args.adapter)
@@ -148,6 +154,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         stream=sys.stderr, level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.log_level != "DEBUG":
+        # The SDK logs every session and every failed tool call (with its message) at INFO: at an
+        # agent's pace that drowns the operator's log. Its warnings and errors still show.
+        logging.getLogger("mcp").setLevel(logging.WARNING)
     try:
         config = engine_config(args)
     except (ValidationError, FileNotFoundError) as exc:

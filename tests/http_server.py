@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -27,38 +28,51 @@ def http_server(*extra_args: str, source: Path | None = None) -> Iterator[str]:
         yield base
 
 
+_LOGS: dict[int, Path] = {}
+
+
+def server_log(proc: subprocess.Popen) -> str:
+    """What the server has written to stderr so far. It goes to a file, not a pipe: an undrained pipe
+    fills up (64 KB) and then blocks the server's next log line, with its event loop."""
+    return _LOGS[proc.pid].read_text(errors="replace")
+
+
 @contextlib.contextmanager
 def http_server_process(*extra_args: str, source: Path | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
     """Yields (base URL, server process). `source`: a checkout whose engine and server to run instead."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(source)} if source is not None else None
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mcp_server", "--http", "--port", str(port), *extra_args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        cwd=source,
-        env=env,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=2) as r:
-                    json.load(r)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    _, err = proc.communicate(timeout=5)
-                    raise RuntimeError(f"loramux --http did not start:\n{err.decode(errors='replace')}") from None
-                time.sleep(0.2)
-        yield base, proc
-    finally:
-        proc.terminate()
+    with tempfile.TemporaryDirectory() as logs:
+        log = Path(logs) / "server.log"
+        with log.open("wb") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "mcp_server", "--http", "--port", str(port), *extra_args],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                cwd=source,
+                env=env,
+            )
+        _LOGS[proc.pid] = log
         try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+            yield _wait_until_up(proc, f"http://127.0.0.1:{port}"), proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            del _LOGS[proc.pid]
+
+
+def _wait_until_up(proc: subprocess.Popen, base: str) -> str:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(base + "/health", timeout=2) as r:
+                json.load(r)
+            return base
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"loramux --http did not start:\n{server_log(proc)}") from None
+            time.sleep(0.2)

@@ -20,7 +20,7 @@ import httpx2
 import pytest
 from mcp import Client
 
-from tests.http_server import http_server, http_server_process
+from tests.http_server import http_server, http_server_process, server_log
 from tests.stdio_process import process_transport, start_stdio_server
 
 pytestmark = pytest.mark.anyio
@@ -105,7 +105,7 @@ async def test_sigterm_over_http_lets_calls_finish_then_ends_the_rest_and_exits_
         code = await anyio.to_thread.run_sync(lambda: proc.wait(timeout=GRACE_S + 5))
         assert code == 0
         assert time.monotonic() - signalled_at < GRACE_S + 5
-        log = proc.stderr.read().decode()
+        log = server_log(proc)
         assert "Traceback" not in log, log
         assert "SIGTERM: taking no new calls" in log
 
