@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 from engine.adapter_files import AdapterFileBytes
@@ -58,7 +59,8 @@ class AdapterRegistry:
             if existing.identity == file.identity and existing.info.file_size == file.size:
                 return LoadedAdapter(adapter=existing.public(), newly_loaded=False)
             raise InvalidRequest(
-                f"an adapter named {name!r} is already loaded from {existing.info.path}; "
+                # the file's name only: errors carry no server path the caller did not send
+                f"an adapter named {name!r} is already loaded from {Path(existing.info.path).name}; "
                 "unload it first or choose another name"
             )
         handle = self._runner.load_adapter(file)  # llama.cpp parses the bytes already in memory

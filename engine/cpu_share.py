@@ -2,7 +2,7 @@
 
 llama.cpp's threads meet at a spinning barrier several times per decode step, so one of them taken off
 its core by another process stalls all of them: on 2 cores with one busy neighbour, 2 threads ran a
-128-token call 3.5-4.4x slower than on an idle machine, while 1 thread ran it at the same speed
+128-token call 2.9-3.6x slower than on an idle machine, while 1 thread ran it at the same speed
 (docs/reliability.md). So the thread count follows the cores other processes leave free: every
 SAMPLE_S of decoding the governor reads the machine's busy CPU time (/proc/stat) minus this process's own
 (os.times), and uses about that many free cores, between 1 and the configured maximum. An idle

@@ -13,6 +13,7 @@ import os
 import select
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,25 +63,41 @@ message = st.fixed_dictionaries(
     {"role": st.sampled_from(["user", "assistant", "system", "tool", "", "USER"]) | json_values},
     optional={"content": st.text(max_size=60) | json_values, "name": json_values},
 )
+good_message = st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "assistant", "system"]), "content": st.text(min_size=1, max_size=60)}
+)
 # Near-valid values are where parsers break: right names, wrong types or bounds. max_tokens stays small
 # when it is valid, so a call that happens to be good costs a few tokens, not a long generation.
 argument_values = {
-    "prompt": st.text(max_size=80) | json_values,
-    "messages": st.lists(message, max_size=3) | json_values,
+    "prompt": st.text(max_size=80) | st.text(max_size=80) | json_values,
+    "messages": st.lists(message, max_size=3) | st.lists(good_message, min_size=1, max_size=3) | json_values,
     "max_tokens": st.integers(-3, 6) | st.sampled_from([2**31, 2**64, 1.5, "4", True]),
     "temperature": st.floats(-1, 3, allow_nan=False) | json_values,
     "adapters": st.lists(st.fixed_dictionaries({"name": json_values}, optional={"scale": json_values}), max_size=3)
     | json_values,
-    "name": st.text(max_size=30) | json_values,
+    "name": st.sampled_from(["caps", "short", "x"]) | st.text(max_size=30) | json_values,
     "path": st.sampled_from(["caps.gguf", "short.gguf", "/dev/zero", "/etc/passwd", "..", "", "x" * 5000])
     | json_values,
 }
 
 
+TOOL_ARGUMENTS = {
+    "llm_inference": [a for a in KNOWN_ARGUMENTS if a not in ("name", "path")],
+    "load_adapter": ["name", "path"],
+    "unload_adapter": ["name"],
+    "list_adapters": [],
+}
+
+
 @st.composite
 def tool_calls(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
-    tool = draw(st.sampled_from(TOOLS) | st.text(max_size=20))
-    names = draw(st.lists(st.sampled_from(KNOWN_ARGUMENTS) | st.text(max_size=12), max_size=6, unique=True))
+    """Mostly a real tool with its own argument names (wrong values are the interesting part), sometimes
+    stray names or an unknown tool."""
+    tool = draw(st.sampled_from(TOOLS) | st.sampled_from(TOOLS) | st.sampled_from(TOOLS) | st.text(max_size=20))
+    own = TOOL_ARGUMENTS.get(tool, [])
+    names = draw(st.lists(st.sampled_from(own), max_size=5, unique=True)) if own else []
+    if draw(st.integers(0, 3)) == 0:  # a typo, another tool's argument, or noise
+        names += draw(st.lists(st.sampled_from(KNOWN_ARGUMENTS) | st.text(max_size=12), min_size=1, max_size=2))
     arguments = {name: draw(argument_values.get(name, json_values)) for name in names}
     if tool == "llm_inference":
         arguments["max_tokens"] = draw(argument_values["max_tokens"])
@@ -148,14 +165,23 @@ def test_fuzzed_tool_calls_get_clear_errors_and_the_server_serves_on(
 ) -> None:
     pair = request.getfixturevalue(f"{transport}_client")
 
+    seen: Counter[tuple[str, bool]] = Counter()  # (tool, is_error)
+
     @FUZZ_SETTINGS
     @given(tool_calls())
     def fuzz(call: tuple[str, dict[str, Any]]) -> None:
         tool, arguments = call
-        check_answer(_call(pair, tool, arguments), arguments)
+        result = _call(pair, tool, arguments)
+        check_answer(result, arguments)
+        seen[(tool if tool in TOOLS else "unknown tool", bool(result.is_error))] += 1
 
     fuzz()
     _good_call_works(pair)
+    print(f"\nfuzzed calls over {transport}: {dict(seen)}")
+    # the fuzzer reached every tool, and both refusals and calls that went through
+    assert {tool for tool, _ in seen} >= {*TOOLS, "unknown tool"}
+    assert sum(n for (_, error), n in seen.items() if error) > 0
+    assert sum(n for (_, error), n in seen.items() if not error) > 0
 
 
 # -- malformed JSON-RPC --------------------------------------------------------------------------------------
