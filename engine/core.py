@@ -163,6 +163,12 @@ class EngineCore:
             if (seq := self._sequences.get(request_id)) is not None:
                 self.scheduler.remove(seq)
                 self._end(seq, RequestFailed(request_id, _internal_error()), "requests_failed")
+        # A move's source id is free now; if the move never ran, its old cells are still there for the
+        # next request given that id.
+        running = {s.seq_id for s in self._sequences.values() if s.status is SeqStatus.RUNNING}
+        for src, _ in plan.moves:
+            if src not in running:
+                self.runner.remove_sequence(None, src)
         self._faulty_steps += 1
         if self._faulty_steps >= REBUILD_AFTER:
             logger.error("%d decode steps failed in a row: rebuilding the model context", self._faulty_steps)

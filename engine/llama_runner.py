@@ -104,7 +104,7 @@ class LlamaRunner:
     def add_sequence(self, request_id: int, sampling: SamplingParams) -> None:
         self._samplers[request_id] = LlamaSampler(self.ctx, self.vocab.n_tokens, sampling)
 
-    def remove_sequence(self, request_id: int, seq_id: int | None) -> None:
+    def remove_sequence(self, request_id: int | None, seq_id: int | None) -> None:
         sampler = self._samplers.pop(request_id, None)
         if sampler is not None:
             sampler.close()

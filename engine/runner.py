@@ -27,8 +27,8 @@ class ModelRunner(Protocol):
         """Make the request's sampler; raising here refuses the request alone."""
         ...
 
-    def remove_sequence(self, request_id: int, seq_id: int | None) -> None:
-        """Free the request's sampler and, if it held a slot, its context cells."""
+    def remove_sequence(self, request_id: int | None, seq_id: int | None) -> None:
+        """Free the request's sampler (if `request_id`) and the slot's context cells (if `seq_id`)."""
         ...
 
     def execute(self, plan: StepPlan, adapters: list[tuple[Any, float]]) -> StepOutput:

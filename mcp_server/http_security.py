@@ -2,10 +2,12 @@
 
 The MCP SDK checks Host and Origin only on /mcp; here the same check (its TransportSecurityMiddleware)
 runs before every route, /health included. The token is a static shared secret, compared in constant
-time. The SDK's OAuth support (AuthSettings + TokenVerifier) would also publish
-/.well-known/oauth-protected-resource naming an authorization server, which a static token does not
-have, so the 401 here is a plain RFC 6750 bearer challenge. Bodies are limited by the SDK's
-RequestBodyLimitMiddleware (a declared oversize body is refused before it is read).
+time. The SDK's OAuth support (AuthSettings + TokenVerifier) requires an authorization server
+(issuer_url), which an operator-issued static token does not have, so the spec's parts are done here:
+the 401 is an RFC 6750 bearer challenge whose `resource_metadata` points at
+/.well-known/oauth-protected-resource (RFC 9728), which names the resource and no authorization
+server. Bodies are limited by the SDK's RequestBodyLimitMiddleware (a declared oversize body is
+refused before it is read).
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ logger = logging.getLogger(__name__)
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 MAX_BODY_BYTES = 4 * 1024 * 1024
-OPEN_PATHS = frozenset({"/health"})  # liveness and readiness: probes carry no token
+RESOURCE_METADATA_PATH = "/.well-known/oauth-protected-resource"
+# Probes carry no token, and a client must read the resource metadata to learn how to authenticate.
+OPEN_PATHS = frozenset({"/health", RESOURCE_METADATA_PATH, RESOURCE_METADATA_PATH + "/mcp"})
 
 
 def _host_forms(host: str) -> list[str]:
@@ -70,15 +74,28 @@ class HttpGuard:
             return
         request = Request(scope)
         refused = await self._transport.validate_request(request)
-        if refused is None and self._token is not None and scope["path"] not in OPEN_PATHS:
-            refused = self._check_token(request.headers.get("authorization"))
+        if refused is None and self._token is not None:
+            if scope["path"] in (RESOURCE_METADATA_PATH, RESOURCE_METADATA_PATH + "/mcp"):
+                refused = self._resource_metadata(request)
+            elif scope["path"] not in OPEN_PATHS:
+                refused = self._check_token(request)
         if refused is not None:
             await refused(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
-    def _check_token(self, header: str | None) -> JSONResponse | None:
+    @staticmethod
+    def _resource_metadata(request: Request) -> JSONResponse:
+        """RFC 9728 protected resource metadata, as the MCP spec asks of a server that takes tokens. It
+        names no authorization server: the token is issued by the operator, not by an OAuth flow."""
+        base = str(request.base_url).rstrip("/")
+        return JSONResponse(
+            {"resource": f"{base}/mcp", "bearer_methods_supported": ["header"], "resource_name": "loramux"}
+        )
+
+    def _check_token(self, request: Request) -> JSONResponse | None:
         assert self._token is not None
+        header = request.headers.get("authorization")
         scheme, _, value = (header or "").partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), self._token):
             return None
@@ -87,7 +104,10 @@ class HttpGuard:
         return JSONResponse(
             {"error": error, "error_description": description},
             status_code=401,
-            headers={"WWW-Authenticate": f'Bearer realm="loramux", error="{error}"'},
+            headers={
+                "WWW-Authenticate": f'Bearer realm="loramux", error="{error}", '
+                f'resource_metadata="{str(request.base_url).rstrip("/")}{RESOURCE_METADATA_PATH}"'
+            },
         )
 
 

@@ -89,22 +89,22 @@ class FakeRunner:
         self.samplers[request_id] = FakeSampler(self.reply)
         self._sampling[request_id] = sampling
 
-    def remove_sequence(self, request_id: int, seq_id: int | None) -> None:
+    def remove_sequence(self, request_id: int | None, seq_id: int | None) -> None:
         self.samplers.pop(request_id, None)
         self._sampling.pop(request_id, None)
         if seq_id is not None:
             self.kv.pop(seq_id, None)
 
     def execute(self, plan: StepPlan, adapters: list[tuple[Any, float]]) -> StepOutput:
+        if self.raise_in_execute and plan.chunks:  # before anything, moves included
+            self.raise_in_execute -= 1
+            raise RuntimeError("injected bug in a decode step")
         for src, dst in plan.moves:
             self.moves.append((src, dst))
             self.kv[dst] = self.kv.pop(src)
         output = StepOutput()
         if not plan.chunks:
             return output
-        if self.raise_in_execute:
-            self.raise_in_execute -= 1
-            raise RuntimeError("injected bug in a decode step")
         if self.step_seconds:
             time.sleep(self.step_seconds)
         if not self.adapter_sets or self.adapter_sets[-1] != adapters:

@@ -106,12 +106,18 @@ def test_a_sampler_that_cannot_be_built_refuses_only_its_request() -> None:
     assert core.stats().requests_failed == 1
 
 
-def test_a_failed_decode_gives_each_request_its_own_error_and_keeps_the_moves() -> None:
+def core_with_a_pending_move() -> tuple[EngineCore, FakeRunner]:
+    """Three running requests; the middle one aborted, so the next step moves seq id 2 into the hole at 1."""
     core, runner, preparer, _ = make_core(max_sequences=4)
     for rid in (1, 2, 3):
         add(core, preparer, rid, "abc", max_tokens=50, ignore_eos=True)
     core.step()  # prefill: seq ids 0, 1, 2
-    core.handle(AbortRequest(2))  # hole at seq id 1: the next step moves 2 → 1
+    core.handle(AbortRequest(2))
+    return core, runner
+
+
+def test_a_failed_decode_gives_each_request_its_own_error_and_keeps_the_moves() -> None:
+    core, runner = core_with_a_pending_move()
     runner.fail_decodes = 1
     events = core.step()
     assert runner.moves == [(2, 1)]  # applied even though the decode failed
@@ -136,6 +142,16 @@ def test_a_step_that_raises_fails_its_requests_and_the_core_serves_on() -> None:
     done = outcomes(run_until_idle(core))
     assert {rid: e.result.text for rid, e in done.items()} == {3: "hello world", 4: "hello world"}  # type: ignore[union-attr]
     assert runner.rebuilds == 0 and runner.kv == {} and runner.samplers == {}
+
+
+def test_a_step_that_raises_before_its_moves_leaves_no_stale_cells() -> None:
+    core, runner = core_with_a_pending_move()
+    runner.raise_in_execute = 1
+    done = outcomes(core.step())
+    assert runner.moves == []  # the move never ran
+    assert isinstance(done.pop(2), RequestFinished)  # the abort
+    assert set(done) == {1, 3} and all(isinstance(e, RequestFailed) for e in done.values())
+    assert runner.kv == {}  # seq id 2's old cells are gone too: the next request there starts clean
 
 
 def test_faulty_steps_in_a_row_rebuild_the_context_then_serving_resumes() -> None:

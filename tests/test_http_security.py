@@ -61,7 +61,13 @@ def test_a_missing_or_wrong_token_gets_401_with_a_bearer_challenge(server: tuple
         headers["Authorization"] = authorization
     code, response_headers, _ = status_of(base + "/mcp", "POST", headers, b"{}")
     assert code == 401
-    assert response_headers["www-authenticate"].startswith("Bearer ")
+    challenge = response_headers["www-authenticate"]
+    assert challenge.startswith("Bearer ")
+    # the MCP spec's discovery: the challenge points at RFC 9728 metadata, readable without a token
+    metadata_url = challenge.split('resource_metadata="')[1].rstrip('"')
+    assert metadata_url == base + "/.well-known/oauth-protected-resource"
+    code, _, body = status_of(metadata_url)
+    assert code == 200 and json.loads(body)["resource"] == base + "/mcp"
 
 
 async def test_the_right_token_opens_mcp(server: tuple) -> None:
