@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from importlib.metadata import version
 from typing import Any
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -44,6 +45,13 @@ class LoramuxServer(MCPServer):
                 raise ToolError(describe(exc.__cause__)) from exc.__cause__
             raise
 
+    def drop_prompts(self) -> None:
+        """Serve (and so advertise) no prompts capability: MCPServer registers prompts/list and
+        prompts/get whether or not it has prompts, and capabilities follow the registered handlers."""
+        handlers = self._lowlevel_server._request_handlers
+        for method in ("prompts/list", "prompts/get"):
+            handlers.pop(method, None)
+
     async def serve_streams(self, read: Any, write: Any) -> None:
         """Serve one connection over a transport's streams (what run_stdio_async does with its own)."""
         lowlevel = self._lowlevel_server
@@ -56,9 +64,11 @@ def build_server(engine: InferenceEngine, *, own_engine: bool = False) -> MCPSer
     mcp = LoramuxServer(
         name="loramux",
         title="loramux local LLM",
+        version=version("loramux"),
         instructions=INSTRUCTIONS,
         lifespan=(lambda _server: engine) if own_engine else None,
     )
+    mcp.drop_prompts()
     inference_tool.register(mcp, engine)
     adapter_tools.register(mcp, engine)
 

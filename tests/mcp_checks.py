@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from importlib.metadata import version
 
 import anyio
 import pytest
@@ -15,6 +16,15 @@ from engine import SamplingParams
 async def engine_stats(client: Client) -> dict:
     result = await client.read_resource("loramux://stats")
     return json.loads(result.contents[0].text)  # type: ignore[union-attr]
+
+
+async def check_server_info_and_only_real_capabilities(client: Client) -> None:
+    assert client.server_info is not None and client.server_info.version == version("loramux")
+    capabilities = client.server_capabilities
+    assert capabilities.tools is not None and capabilities.resources is not None
+    assert capabilities.prompts is None  # none are offered, so none are advertised
+    with pytest.raises(MCPError):
+        await client.list_prompts()
 
 
 async def check_tool_is_listed_with_its_schema(client: Client) -> None:
@@ -118,6 +128,7 @@ async def check_concurrent_calls_are_batched(client: Client) -> None:
 
 
 ALL_CHECKS = [
+    check_server_info_and_only_real_capabilities,
     check_tool_is_listed_with_its_schema,
     check_call_returns_text_and_structured_content_with_progress,
     check_invalid_arguments_give_clear_errors,
