@@ -3,10 +3,10 @@
 On streamable HTTP a tool call runs in its MCP session, not in the POST that carries it, so a client
 that closes the response stream without `notifications/cancelled` (killed, timed out, network gone)
 would leave its generation running to max_tokens, in decode steps every other agent shares.
-`DisconnectWatch` (ASGI middleware) marks each /mcp POST's scope with an event set when the server
-reads `http.disconnect` for it (the SSE response listens for exactly that); `abandon_when_gone` cancels
-the tool's work when that event fires. A cancelled or ended session (DELETE, stdin closed) already
-cancels its calls through the SDK.
+`DisconnectWatch` (ASGI middleware) gives each /mcp POST a `ClientLink`, marked gone when the server
+reads `http.disconnect` for it (the SSE response listens for exactly that); `abandon_when_gone`, around
+every tool call (server.py), cancels the call's work then. A cancelled or ended session (DELETE,
+stdin closed) already cancels its calls through the SDK.
 """
 
 from __future__ import annotations
@@ -60,12 +60,12 @@ class DisconnectWatch:
 
 
 @asynccontextmanager
-async def abandon_when_gone(ctx: Context) -> AsyncIterator[None]:
+async def abandon_when_gone(ctx: Context | None) -> AsyncIterator[None]:
     """Run the body; if the HTTP client that asked disconnects meanwhile, cancel it and raise ToolError
     (an answer nobody reads, which ends the call in the SDK like any other)."""
-    request = ctx.request_context.request
-    link: ClientLink | None = getattr(request, "scope", {}).get(SCOPE_KEY) if request is not None else None
-    if link is None:  # stdio, or an in-process client: the SDK cancels on session end
+    request = ctx.request_context.request if ctx is not None else None
+    link: ClientLink | None = getattr(request, "scope", {}).get(SCOPE_KEY)  # None on stdio
+    if link is None:  # stdio, in-process, or a direct call: the SDK cancels on session end
         yield
         return
     with anyio.CancelScope() as scope:

@@ -27,7 +27,6 @@ from engine import (
     SamplingParams,
 )
 from mcp_server.arguments import describe
-from mcp_server.disconnects import abandon_when_gone
 from mcp_server.schemas import InferenceResult
 
 logger = logging.getLogger(__name__)
@@ -90,7 +89,7 @@ def register(mcp: MCPServer, engine: InferenceEngine) -> None:
         request = _request_from(arguments)
         progress = _Progress(ctx, request.sampling.max_tokens)
         try:
-            async with abandon_when_gone(ctx), engine.generate(request) as stream:
+            async with engine.generate(request) as stream:
                 async for delta in stream:
                     await progress.add(delta.text, delta.completion_tokens)
         except anyio.get_cancelled_exc_class():

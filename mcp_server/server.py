@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from engine import InferenceEngine
 from mcp_server import adapter_tools, inference_tool
 from mcp_server.arguments import describe, unknown_arguments
+from mcp_server.disconnects import abandon_when_gone
 
 INSTRUCTIONS = """\
 loramux serves a small local language model. Call llm_inference with a `prompt` (one user turn) or
@@ -24,7 +25,8 @@ runtime, and llm_inference's `adapter` selects one. Progress notifications carry
 
 
 class LoramuxServer(MCPServer):
-    """MCPServer whose tools refuse unknown argument names and explain invalid ones in plain sentences."""
+    """MCPServer whose tools refuse unknown argument names, explain invalid ones in plain sentences, and
+    stop working for an HTTP caller that disconnected."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -39,7 +41,8 @@ class LoramuxServer(MCPServer):
         if valid is not None and (problem := unknown_arguments(arguments, valid)):
             raise ToolError(problem)
         try:
-            return await super().call_tool(name, arguments, context)
+            async with abandon_when_gone(context):  # every tool: a caller that went away stops its work
+                return await super().call_tool(name, arguments, context)
         except ToolError as exc:
             if isinstance(exc.__cause__, ValidationError):
                 raise ToolError(describe(exc.__cause__)) from exc.__cause__

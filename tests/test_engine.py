@@ -63,6 +63,22 @@ async def run_concurrently(engine: Engine, requests: list[GenerateRequest]) -> l
     return [r for r in results if r is not None]
 
 
+async def texts_or_errors(engine: Engine, requests: list[GenerateRequest]) -> list[str | EngineError]:
+    """Run the requests concurrently; each one's text, or the EngineError it failed with."""
+    outcomes: list[str | EngineError] = [""] * len(requests)
+
+    async def one(i: int) -> None:
+        try:
+            outcomes[i] = (await engine.complete(requests[i])).text
+        except EngineError as exc:
+            outcomes[i] = exc
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(requests)):
+            tg.start_soon(one, i)
+    return outcomes
+
+
 async def test_greedy_text_is_the_same_alone_and_inside_a_batch_of_8(engine: Engine) -> None:
     alone = [await engine.complete(chat(q)) for q in QUESTIONS]
     batched = await run_concurrently(engine, [chat(q) for q in QUESTIONS])
@@ -241,17 +257,7 @@ async def test_a_request_whose_template_or_sampler_fails_fails_alone(
             messages=(ChatMessage(role="user", content="a"), ChatMessage(role="user", content="b")), sampling=sampling
         )
         bad_sampler = chat("Tell me a story.", sampling.model_copy(update={"seed": 13}))
-        outcomes: dict[int, object] = {}
-
-        async def one(i: int, request: GenerateRequest) -> None:
-            try:
-                outcomes[i] = (await eng.complete(request)).text
-            except EngineError as exc:
-                outcomes[i] = exc
-
-        async with anyio.create_task_group() as tg:
-            for i, request in enumerate([*good, bad_template, bad_sampler]):
-                tg.start_soon(one, i, request)
+        outcomes = await texts_or_errors(eng, [*good, bad_template, bad_sampler])
         assert [outcomes[i] for i in range(4)] == solo
         assert isinstance(outcomes[4], InvalidRequest) and "roles must alternate" in str(outcomes[4])
         assert isinstance(outcomes[5], EngineFailure) and "sampling failed" in str(outcomes[5])
@@ -291,17 +297,7 @@ async def test_a_step_that_raises_fails_its_own_requests_and_repeated_faults_reb
         marked_solo = (await eng.complete(marked)).text
 
         armed["faults"] = 1
-        outcomes: dict[int, object] = {}
-
-        async def one(i: int, request: GenerateRequest) -> None:
-            try:
-                outcomes[i] = (await eng.complete(request)).text
-            except EngineError as exc:
-                outcomes[i] = exc
-
-        async with anyio.create_task_group() as tg:
-            for i, request in enumerate([*good, marked]):
-                tg.start_soon(one, i, request)
+        outcomes = await texts_or_errors(eng, [*good, marked])
         assert [outcomes[i] for i in range(4)] == solo
         assert isinstance(outcomes[4], EngineFailure) and "internal error" in str(outcomes[4])
         assert eng.state is EngineState.READY and eng.stats().context_rebuilds == 0
