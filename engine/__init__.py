@@ -7,6 +7,7 @@ from engine.config import EngineConfig
 from engine.default_model import default_model_path
 from engine.engine import Engine, LlamaEngine, RequestStream
 from engine.errors import (
+    AdapterInUse,
     EngineBusy,
     EngineError,
     EngineFailure,
@@ -14,6 +15,7 @@ from engine.errors import (
     InvalidRequest,
     PromptTooLong,
     RequestTimedOut,
+    UnknownAdapter,
 )
 from engine.info import AdapterInfo, AdapterListing, EngineState, EngineStats, LoadedAdapter, ModelInfo
 from engine.interface import GenerationStream, InferenceEngine
@@ -21,6 +23,7 @@ from engine.request import AdapterRef, ChatMessage, GenerateRequest, SamplingPar
 from engine.result import FinishReason, GenerationResult, TextDelta, Timings, Usage
 
 __all__ = [
+    "AdapterInUse",
     "AdapterInfo",
     "AdapterListing",
     "AdapterRef",
@@ -48,6 +51,7 @@ __all__ = [
     "SamplingParams",
     "TextDelta",
     "Timings",
+    "UnknownAdapter",
     "Usage",
     "default_model_path",
 ]

@@ -15,17 +15,9 @@ from typing import Any, Protocol
 
 from engine.adapter_files import AdapterFileBytes
 from engine.adapter_loading import CheckedAdapterFile
-from engine.errors import InvalidRequest
+from engine.errors import AdapterInUse, InvalidRequest, UnknownAdapter
 from engine.info import AdapterInfo, LoadedAdapter
 from engine.request import AdapterKey, AdapterRef
-
-
-class AdapterInUse(InvalidRequest):
-    pass
-
-
-class UnknownAdapter(InvalidRequest):
-    pass
 
 
 class AdapterRunner(Protocol):
@@ -90,6 +82,9 @@ class AdapterRegistry:
         self._runner.free_adapter(entry.handle)
         del self._loaded[name]
         return entry.public()
+
+    def __len__(self) -> int:
+        return len(self._loaded)
 
     def list(self) -> list[AdapterInfo]:
         return [e.public() for e in self._loaded.values()]

@@ -74,6 +74,8 @@ class EngineCore:
                 "sequence_moves",
                 "adapter_switches",
                 "context_rebuilds",
+                "adapter_loads",
+                "adapter_unloads",
             ),
             0,
         )
@@ -124,9 +126,13 @@ class EngineCore:
 
     def _adapter_command(self, command: AdapterCommand) -> object:
         if isinstance(command, LoadAdapter):
-            return self.adapters.load(command.checked)
+            loaded = self.adapters.load(command.checked)
+            self._counts["adapter_loads"] += loaded.newly_loaded
+            return loaded
         if isinstance(command, UnloadAdapter):
-            return self.adapters.unload(command.name)
+            unloaded = self.adapters.unload(command.name)
+            self._counts["adapter_unloads"] += 1
+            return unloaded
         if isinstance(command, ListAdapters):
             return self.adapters.list()
         raise TypeError(f"unknown adapter command {command!r}")
@@ -229,6 +235,7 @@ class EngineCore:
             running=len(self.scheduler.running),
             waiting=len(self.scheduler.waiting),
             kv_cells_used=self.runner.kv_cells_used(),
+            adapters_loaded=len(self.adapters),
             sequences_per_step={n: c for n, c in enumerate(self._histogram) if c},
             **self._counts,
         )

@@ -2,7 +2,9 @@
 
 EngineError
 ├── InvalidRequest      the request itself is wrong (bad messages, empty prompt, …)
-│   └── PromptTooLong   the prompt does not fit in one sequence's context
+│   ├── PromptTooLong   the prompt does not fit in one sequence's context
+│   ├── UnknownAdapter  it names an adapter that is not loaded
+│   └── AdapterInUse    an unload while queued or running requests use the adapter
 ├── EngineBusy          the bounded queue is full; retry later
 ├── RequestTimedOut     the request exceeded the engine's request timeout
 ├── EngineStopped       the engine is shut down or not started
@@ -21,6 +23,14 @@ class InvalidRequest(EngineError):
 
 
 class PromptTooLong(InvalidRequest):
+    pass
+
+
+class UnknownAdapter(InvalidRequest):
+    pass
+
+
+class AdapterInUse(InvalidRequest):
     pass
 
 

@@ -74,5 +74,8 @@ class EngineStats:
     adapter_switches: int = 0  # steps that changed the adapter set
     context_rebuilds: int = 0  # model contexts rebuilt after repeated faulty steps
     kv_cells_used: int = 0  # context cells held by running requests
+    adapter_loads: int = 0
+    adapter_unloads: int = 0
+    adapters_loaded: int = 0
     # sequences_per_step[n] = number of decode steps that carried n sequences
     sequences_per_step: dict[int, int] = field(default_factory=dict)

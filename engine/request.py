@@ -52,7 +52,15 @@ class SamplingParams(BaseModel):
     top_k: int = Field(40, ge=0, le=1000, description="Sample among the k likeliest tokens; 0 = off.")
     min_p: float = Field(0.05, ge=0.0, le=1.0, description="Drop tokens below this share of the likeliest one.")
     repeat_penalty: float = Field(1.1, ge=0.5, le=2.0, description="Penalty on recently used tokens; 1.0 = off.")
-    repeat_last_n: int = Field(64, ge=0, le=4096, description="How many recent tokens the repeat penalty looks at.")
+    repeat_last_n: int = Field(
+        64, ge=0, le=4096, description="How many recent tokens the repeat, frequency and presence penalties look at."
+    )
+    frequency_penalty: float = Field(
+        0.0, ge=-2.0, le=2.0, description="Subtract this times a token's count among recent tokens; 0 = off."
+    )
+    presence_penalty: float = Field(
+        0.0, ge=-2.0, le=2.0, description="Subtract this from every token already among recent tokens; 0 = off."
+    )
     seed: int | None = Field(None, ge=0, le=2**32 - 2, description="Fix for reproducible sampling; random if omitted.")
     stop: tuple[StopString, ...] = Field(
         (),

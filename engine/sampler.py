@@ -16,10 +16,17 @@ class LlamaSampler:
         self._ctx = ctx
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         add = llama_cpp.llama_sampler_chain_add
-        if params.repeat_penalty != 1.0 and params.repeat_last_n > 0:
+        penalised = (params.repeat_penalty != 1.0, params.frequency_penalty != 0.0, params.presence_penalty != 0.0)
+        if any(penalised) and params.repeat_last_n > 0:
             add(
                 chain,
-                llama_cpp.llama_sampler_init_penalties(n_vocab, params.repeat_last_n, params.repeat_penalty, 0.0, 0.0),
+                llama_cpp.llama_sampler_init_penalties(
+                    n_vocab,
+                    params.repeat_last_n,
+                    params.repeat_penalty,
+                    params.frequency_penalty,
+                    params.presence_penalty,
+                ),
             )
         if params.temperature == 0.0:
             add(chain, llama_cpp.llama_sampler_init_greedy())

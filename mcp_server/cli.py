@@ -209,7 +209,6 @@ async def _serve_http(engine: Engine, args: argparse.Namespace) -> None:
 
     app = build_http_app(
         engine,
-        build_server(engine),
         host=host,
         allowed_hosts=args.allowed_host,
         auth_token=args.auth_token,
@@ -227,7 +226,8 @@ async def _serve_http(engine: Engine, args: argparse.Namespace) -> None:
     )
     url_host = f"[{host}]" if ":" in host else host
     logger.info("model %s (loading)", engine.config.model_path.name)
-    logger.info("MCP endpoint http://%s:%d%s  (health: /health)", url_host, port, MCP_PATH)
+    logger.info("MCP endpoint http://%s:%d%s", url_host, port, MCP_PATH)
+    logger.info("OpenAI-compatible API http://%s:%d/v1  (metrics: /metrics, health: /health)", url_host, port)
 
     async def close() -> None:
         server.should_exit = True  # uvicorn lets the answers' responses finish, then stops

@@ -1,9 +1,10 @@
-"""One Starlette app for HTTP: MCP at /mcp (streamable HTTP, SSE responses) and GET /health.
+"""One Starlette app for HTTP over one engine: MCP at /mcp (streamable HTTP, SSE responses), the
+OpenAI-compatible API under /v1, Prometheus metrics at /metrics and GET /health.
 
 The app owns the engine's lifetime. The engine starts in the background, so the port answers at once:
 /health says 503 "starting" while the model loads (calls made meanwhile wait for it), 200 "ready"
-once it serves, and 503 again when stopping or after an engine failure. Later endpoints (an
-OpenAI-compatible API, /metrics) are more routes on the same app over the same engine.
+once it serves, and 503 again when stopping or after an engine failure. MCP tool calls and OpenAI
+requests go to the same engine, so they share decode steps, and are counted in the same metrics.
 """
 
 from __future__ import annotations
@@ -13,25 +14,28 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import anyio
-from mcp.server.mcpserver import MCPServer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine import EngineState, InferenceEngine
 from mcp_server.disconnects import DisconnectWatch
 from mcp_server.http_security import guarded, transport_security
+from mcp_server.metrics import Metrics
+from mcp_server.openai_api import openai_routes
+from mcp_server.server import build_server
 
 logger = logging.getLogger(__name__)
 
 MCP_PATH = "/mcp"
+METRICS_PATH = "/metrics"
 
 
 def build_http_app(
     engine: InferenceEngine,
-    mcp: MCPServer,
     *,
     host: str = "127.0.0.1",
     allowed_hosts: Sequence[str] = (),
@@ -39,6 +43,8 @@ def build_http_app(
     on_engine_failure: Callable[[BaseException], None] | None = None,
 ) -> ASGIApp:
     """The app, behind Host/Origin checks on every route, the optional token, and a body limit."""
+    metrics = Metrics(engine)
+    mcp = build_server(engine, metrics=metrics)
     mcp_app = mcp.streamable_http_app(
         streamable_http_path=MCP_PATH, host=host, transport_security=transport_security(host, allowed_hosts)
     )
@@ -79,7 +85,16 @@ def build_http_app(
                 yield
             stop.set()
 
-    app = Starlette(routes=[Route("/health", health, methods=["GET"]), *mcp_app.routes], lifespan=lifespan)
+    async def prometheus(_request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route(METRICS_PATH, prometheus, methods=["GET"]),
+        *openai_routes(engine, metrics),
+        *mcp_app.routes,
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
     app = DisconnectWatch(RefuseNewSessions(app, engine), MCP_PATH)
     return guarded(app, bind_host=host, allowed_hosts=allowed_hosts, token=auth_token)
 

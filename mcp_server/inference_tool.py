@@ -27,6 +27,7 @@ from engine import (
     SamplingParams,
 )
 from mcp_server.arguments import describe
+from mcp_server.metrics import Metrics
 from mcp_server.schemas import InferenceResult
 
 logger = logging.getLogger(__name__)
@@ -84,12 +85,12 @@ TOOL_PARAMETERS: dict[str, tuple[Any, Any]] = {
 }
 
 
-def register(mcp: MCPServer, engine: InferenceEngine) -> None:
+def register(mcp: MCPServer, engine: InferenceEngine, metrics: Metrics) -> None:
     async def llm_inference(ctx: Context, **arguments: Any) -> InferenceResult:
         request = _request_from(arguments)
         progress = _Progress(ctx, request.sampling.max_tokens)
         try:
-            async with engine.generate(request) as stream:
+            async with metrics.generate(engine, request, "mcp", "llm_inference") as stream:
                 async for delta in stream:
                     await progress.add(delta.text, delta.completion_tokens)
         except anyio.get_cancelled_exc_class():

@@ -16,6 +16,7 @@ from engine import InferenceEngine
 from mcp_server import adapter_tools, inference_tool
 from mcp_server.arguments import describe, unknown_arguments
 from mcp_server.disconnects import abandon_when_gone
+from mcp_server.metrics import Metrics
 
 INSTRUCTIONS = """\
 loramux serves a small local language model. Call llm_inference with a `prompt` (one user turn) or
@@ -61,9 +62,10 @@ class LoramuxServer(MCPServer):
         await lowlevel.run(read, write, lowlevel.create_initialization_options())
 
 
-def build_server(engine: InferenceEngine, *, own_engine: bool = False) -> MCPServer:
+def build_server(engine: InferenceEngine, *, own_engine: bool = False, metrics: Metrics | None = None) -> MCPServer:
     """The MCP server over `engine`. With own_engine, the server's lifespan starts and stops the engine
-    (stdio); otherwise the hosting app does (HTTP, where one engine outlives session managers)."""
+    (stdio); otherwise the hosting app does (HTTP, where one engine outlives session managers). Calls are
+    counted in `metrics` (the HTTP app's, published at /metrics; on stdio nobody reads them)."""
     mcp = LoramuxServer(
         name="loramux",
         title="loramux local LLM",
@@ -72,7 +74,7 @@ def build_server(engine: InferenceEngine, *, own_engine: bool = False) -> MCPSer
         lifespan=(lambda _server: engine) if own_engine else None,
     )
     mcp.drop_prompts()
-    inference_tool.register(mcp, engine)
+    inference_tool.register(mcp, engine, metrics or Metrics(engine))
     adapter_tools.register(mcp, engine)
 
     @mcp.resource(

@@ -124,6 +124,23 @@ async def test_seeded_sampling_is_reproducible(engine: Engine) -> None:
     assert len(others | {first.text}) > 1  # and the seed matters
 
 
+async def test_frequency_and_presence_penalties_discourage_repeats(engine: Engine) -> None:
+    """Greedy decoding of this model loops; OpenAI's penalties (llama.cpp's penalties sampler) break it."""
+
+    def greedy(**penalties: float) -> GenerateRequest:
+        params = SamplingParams(temperature=0.0, max_tokens=120, repeat_penalty=1.0, ignore_eos=True, **penalties)
+        return chat("Tell me about the ocean.", params)
+
+    def distinct_share(text: str) -> float:
+        words = text.split()
+        return len(set(words)) / len(words)
+
+    plain = (await engine.complete(greedy())).text
+    for penalty in ({"frequency_penalty": 1.0}, {"presence_penalty": 1.5}):
+        penalised = (await engine.complete(greedy(**penalty))).text
+        assert distinct_share(penalised) > distinct_share(plain) + 0.05, (penalty, plain, penalised)
+
+
 async def test_max_tokens_is_honoured(engine: Engine) -> None:
     r = await engine.complete(chat("Count from one to fifty.", SamplingParams(temperature=0.0, max_tokens=7)))
     assert r.usage.completion_tokens == 7 and r.finish_reason == "length"

@@ -14,7 +14,6 @@ import uvicorn
 
 from engine import EngineConfig, EngineFailure, GenerateRequest, LlamaEngine
 from mcp_server.http_app import build_http_app
-from mcp_server.server import build_server
 from tests.fake_runner import FakeRunner
 from tests.http_server import free_port
 
@@ -40,7 +39,7 @@ async def test_health_follows_the_engine_state() -> None:
         return made[-1]
 
     engine = LlamaEngine(EngineConfig(), runner_factory=slow_runner)
-    app = build_http_app(engine, build_server(engine))
+    app = build_http_app(engine)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     url = f"http://127.0.0.1:{port}/health"

@@ -1,0 +1,277 @@
+"""Prometheus metrics for GET /metrics: per-request metrics observed where calls enter (MCP tools and
+the OpenAI routes), engine-wide ones read from `engine.stats()` at scrape time.
+
+Request metrics carry an `adapter_set` label. Adapter names come from agents (load_adapter takes any
+name), so the label's values are capped: the first ADAPTER_SET_LABEL_CAP distinct sets get their own
+value, every later one shares "other". "base" is the model without adapters; one adapter at scale 1 is
+its name; otherwise "name@scale+name@scale", sorted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterable
+from types import TracebackType
+from typing import Literal, Self
+
+import anyio
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from engine import (
+    EngineBusy,
+    EngineError,
+    GenerateRequest,
+    GenerationResult,
+    InferenceEngine,
+    InvalidRequest,
+    RequestTimedOut,
+    TextDelta,
+)
+from engine.request import AdapterKey
+
+Interface = Literal["mcp", "openai"]
+
+# The `_created` timestamp series double the output and no dashboard reads them.
+disable_created_metrics()
+
+ADAPTER_SET_LABEL_CAP = 32
+OVERFLOW_LABEL = "other"
+
+# Seconds; a 135M model on 2 cores and a 7B on a GPU both land inside these.
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640)
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80)
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5)
+
+
+class AdapterSetLabels:
+    """Adapter set → label value, with at most `cap` distinct values besides the overflow one."""
+
+    def __init__(self, cap: int = ADAPTER_SET_LABEL_CAP) -> None:
+        self._cap = cap
+        self._seen: dict[AdapterKey, str] = {(): "base"}
+
+    def __call__(self, key: AdapterKey) -> str:
+        label = self._seen.get(key)
+        if label is None:
+            if len(self._seen) > self._cap:  # "base" does not count against the cap
+                return OVERFLOW_LABEL
+            label = self._seen[key] = _spell(key)
+        return label
+
+
+def _spell(key: AdapterKey) -> str:
+    if len(key) == 1 and key[0][1] == 1.0:
+        return key[0][0]
+    return "+".join(f"{name}@{scale:g}" for name, scale in key)
+
+
+class Metrics:
+    """Every metric loramux exports, in one registry (not the process-global one, so that several
+    servers in one process, as in the tests, each count only their own calls)."""
+
+    def __init__(self, engine: InferenceEngine, *, adapter_set_cap: int = ADAPTER_SET_LABEL_CAP) -> None:
+        self.registry = CollectorRegistry()
+        self.adapter_set = AdapterSetLabels(adapter_set_cap)
+        r = self.registry
+        self.requests = Counter(
+            "loramux_requests",
+            "Generation requests by interface, endpoint, outcome and adapter set.",
+            ["interface", "endpoint", "outcome", "adapter_set"],
+            registry=r,
+        )
+
+        def histogram(name: str, help_text: str, buckets: tuple[float, ...], *labels: str) -> Histogram:
+            return Histogram(name, help_text, [*labels, "adapter_set"], buckets=buckets, registry=r)
+
+        self.latency = histogram(
+            "loramux_request_latency_seconds",
+            "End-to-end time of finished generation requests, from submission to the last token.",
+            LATENCY_BUCKETS,
+            "interface",
+            "endpoint",
+        )
+        self.ttft = histogram(
+            "loramux_time_to_first_token_seconds",
+            "Time from submission to the first generated token.",
+            TTFT_BUCKETS,
+            "interface",
+        )
+        self.itl = histogram(
+            "loramux_inter_token_latency_seconds",
+            "Time between consecutive generated tokens of one request, as its caller receives them.",
+            ITL_BUCKETS,
+            "interface",
+        )
+        self.queue_wait = histogram(
+            "loramux_queue_wait_seconds", "Time a request waited for a free sequence.", TTFT_BUCKETS, "interface"
+        )
+        self.prompt_tokens = Counter(
+            "loramux_prompt_tokens", "Prompt tokens of finished requests.", ["interface", "adapter_set"], registry=r
+        )
+        self.generation_tokens = Counter(
+            "loramux_generation_tokens", "Tokens generated.", ["interface", "adapter_set"], registry=r
+        )
+        self.busy = Counter(
+            "loramux_busy_rejections", "Requests refused because the queue was full.", ["interface"], registry=r
+        )
+        r.register(EngineCollector(engine))
+
+    def generate(
+        self, engine: InferenceEngine, request: GenerateRequest, interface: Interface, endpoint: str
+    ) -> Metered:
+        """`engine.generate(request)`, observed."""
+        return Metered(self, engine, request, interface, endpoint)
+
+
+class Metered:
+    """A GenerationStream that records the request's metrics when it ends, however it ends."""
+
+    def __init__(
+        self, metrics: Metrics, engine: InferenceEngine, request: GenerateRequest, interface: Interface, endpoint: str
+    ) -> None:
+        self._m = metrics
+        self._stream = engine.generate(request)
+        self._interface = interface
+        self._endpoint = endpoint
+        self._adapter_set = metrics.adapter_set(request.adapter_key)
+        self._last_token_at: float | None = None
+        self._tokens = 0
+
+    @property
+    def result(self) -> GenerationResult | None:
+        return self._stream.result
+
+    def abort(self) -> None:
+        self._stream.abort()
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self._stream.__aenter__()
+        except BaseException as exc:
+            self._count(_outcome(exc))
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            await self._stream.__aexit__(exc_type, exc, tb)
+        finally:
+            self._record(exc)
+
+    def __aiter__(self) -> AsyncIterator[TextDelta]:
+        return self._deltas()
+
+    async def _deltas(self) -> AsyncIterator[TextDelta]:
+        async for delta in self._stream:
+            now = time.monotonic()
+            new = delta.completion_tokens - self._tokens
+            if self._last_token_at is not None and new > 0:
+                # a delta may carry several tokens (held back for UTF-8 or a stop-string prefix)
+                gap = (now - self._last_token_at) / new
+                for _ in range(new):
+                    self._m.itl.labels(self._interface, self._adapter_set).observe(gap)
+            self._last_token_at = now
+            self._tokens = delta.completion_tokens
+            yield delta
+
+    def _record(self, exc: BaseException | None) -> None:
+        result = self._stream.result
+        if result is None:
+            self._count(_outcome(exc) if exc is not None else "cancelled")
+            return
+        labels = (self._interface, self._adapter_set)
+        self._count(result.finish_reason)
+        t = result.timings
+        self._m.latency.labels(self._interface, self._endpoint, self._adapter_set).observe(t.total_ms / 1000)
+        self._m.queue_wait.labels(*labels).observe(t.queue_ms / 1000)
+        if t.ttft_ms is not None:
+            self._m.ttft.labels(*labels).observe(t.ttft_ms / 1000)
+        self._m.prompt_tokens.labels(*labels).inc(result.usage.prompt_tokens)
+        self._m.generation_tokens.labels(*labels).inc(result.usage.completion_tokens)
+
+    def _count(self, outcome: str) -> None:
+        self._m.requests.labels(self._interface, self._endpoint, outcome, self._adapter_set).inc()
+        if outcome == "busy":
+            self._m.busy.labels(self._interface).inc()
+
+
+def _outcome(exc: BaseException) -> str:
+    """The `outcome` label of a request that ended without a result."""
+    if isinstance(exc, anyio.get_cancelled_exc_class()):
+        return "cancelled"
+    if isinstance(exc, EngineBusy):
+        return "busy"
+    if isinstance(exc, InvalidRequest):
+        return "invalid"
+    if isinstance(exc, RequestTimedOut):
+        return "timeout"
+    if isinstance(exc, EngineError):
+        return "error"
+    return "cancelled" if isinstance(exc, GeneratorExit) else "error"
+
+
+class EngineCollector(Collector):
+    """Engine-wide metrics, read from the engine's counters at each scrape (nothing on the decode path)."""
+
+    def __init__(self, engine: InferenceEngine) -> None:
+        self._engine = engine
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self._engine.stats()
+        info = self._engine.model_info
+        yield _gauge("loramux_requests_running", "Requests being generated.", stats.running)
+        yield _gauge("loramux_requests_waiting", "Requests queued for a free sequence.", stats.waiting)
+        yield _gauge("loramux_kv_cells_used", "KV cache cells held by running requests.", stats.kv_cells_used)
+        if info is not None:
+            total = info.context_per_request * info.max_running_requests
+            yield _gauge("loramux_kv_cells_total", "KV cache cells of the context.", total)
+        yield _gauge("loramux_adapters_loaded", "LoRA adapters loaded.", stats.adapters_loaded)
+        state = GaugeMetricFamily("loramux_engine_state", "1 for the engine's current state.", labels=["state"])
+        state.add_metric([self._engine.state.value], 1)
+        yield state
+        for name, help_text, value in (
+            ("loramux_decode_steps", "Decode steps run.", stats.steps),
+            (
+                "loramux_adapter_loads",
+                "Adapters loaded (a repeated load of the same file is not counted).",
+                stats.adapter_loads,
+            ),
+            ("loramux_adapter_unloads", "Adapters unloaded.", stats.adapter_unloads),
+            (
+                "loramux_adapter_set_switches",
+                "Decode steps that changed the context's adapter set.",
+                stats.adapter_switches,
+            ),
+            (
+                "loramux_sequence_moves",
+                "Running requests' KV moved to keep adapter groups contiguous.",
+                stats.sequence_moves,
+            ),
+            ("loramux_context_rebuilds", "Model contexts rebuilt after repeated faulty steps.", stats.context_rebuilds),
+        ):
+            yield CounterMetricFamily(name, help_text, value=value)
+        yield _sequences_per_step(stats.sequences_per_step)
+
+
+def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, help_text, value=value)
+
+
+def _sequences_per_step(counts: dict[int, int]) -> HistogramMetricFamily:
+    """The engine keeps an exact count per batch size; export it as a histogram with a bucket per power
+    of two, so that `le="1"` counts steps a request had to itself and the rest shared steps."""
+    edges = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    buckets = [(floatToGoString(edge), sum(c for n, c in counts.items() if n <= edge)) for edge in edges]
+    total = sum(counts.values())
+    buckets.append(("+Inf", total))
+    return HistogramMetricFamily(
+        "loramux_sequences_per_step",
+        "Sequences (requests) carried by each decode step.",
+        buckets=buckets,
+        sum_value=sum(n * c for n, c in counts.items()),
+    )

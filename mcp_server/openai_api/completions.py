@@ -1,0 +1,275 @@
+"""POST /v1/completions and /v1/chat/completions: an OpenAI request → an engine request → a JSON answer
+or a stream of chunks in OpenAI's format.
+
+The engine request is the same one the MCP tool makes, so both kinds of callers share decode steps. A
+client that goes away aborts its request: a stream's response watches for the disconnect, and a
+non-streamed answer is generated while another task waits for it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import anyio
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from engine import (
+    AdapterRef,
+    ChatMessage,
+    EngineError,
+    GenerateRequest,
+    GenerationResult,
+    InferenceEngine,
+    SamplingParams,
+)
+from mcp_server.metrics import Metered, Metrics
+from mcp_server.openai_api.errors import OpenAIError, from_engine, invalid, model_not_found, read_json
+from mcp_server.openai_api.schemas import ChatCompletionRequest, CompletionRequest, Message
+
+logger = logging.getLogger(__name__)
+
+# Omitted max_tokens on chat means "until the model stops or the context is full", as OpenAI's does.
+UNTIL_CONTEXT_FULL = SamplingParams.model_fields["max_tokens"].metadata[-1].le
+
+
+class Completions:
+    def __init__(self, engine: InferenceEngine, metrics: Metrics) -> None:
+        self._engine = engine
+        self._metrics = metrics
+
+    async def completions(self, request: Request) -> Response:
+        return await self._serve(request, CompletionRequest, _TextFormat())
+
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._serve(request, ChatCompletionRequest, _ChatFormat())
+
+    async def _serve(
+        self, request: Request, model: type[CompletionRequest | ChatCompletionRequest], fmt: _Format
+    ) -> Response:
+        try:
+            body = await read_json(request)
+            try:
+                req = model.model_validate(body)
+            except ValidationError as exc:
+                raise invalid(exc) from None
+            engine_request = await self._engine_request(req)
+            stream = self._metrics.generate(self._engine, engine_request, "openai", request.url.path)
+            try:
+                await stream.__aenter__()
+            except EngineError as exc:
+                raise from_engine(exc) from None
+        except OpenAIError as exc:
+            return exc.response()
+        answer = _Answer(fmt, req.model, include_usage=bool(req.stream_options and req.stream_options.include_usage))
+        if req.stream:
+            return _EventStream(stream, answer.chunks(stream))
+        return await _until_disconnect(request, stream, answer.whole)
+
+    async def _engine_request(self, req: CompletionRequest | ChatCompletionRequest) -> GenerateRequest:
+        adapters = await self._adapters_for(req)
+        sampling_fields = req.sampling_fields()
+        if isinstance(req, ChatCompletionRequest):
+            sampling_fields["max_tokens"] = req.token_limit or UNTIL_CONTEXT_FULL
+        elif req.max_tokens is not None:
+            sampling_fields["max_tokens"] = req.max_tokens
+        try:
+            sampling = SamplingParams(**sampling_fields)
+            if isinstance(req, CompletionRequest):
+                return GenerateRequest(prompt=req.text, sampling=sampling, adapters=adapters)
+            return GenerateRequest(messages=_chat(req.messages), sampling=sampling, adapters=adapters)
+        except ValidationError as exc:
+            raise invalid(exc) from None
+
+    async def _adapters_for(self, req: CompletionRequest | ChatCompletionRequest) -> tuple[AdapterRef, ...]:
+        """`model` names the base model or one loaded adapter (as vLLM serves LoRA); `adapters` mixes."""
+        info = self._engine.model_info
+        if info is not None and req.model in model_names(info.name):
+            return tuple(req.adapters or ())
+        try:
+            listing = await self._engine.list_adapters()
+        except EngineError as exc:
+            raise from_engine(exc) from None
+        loaded = [a.name for a in listing.adapters]
+        if req.model not in loaded:
+            raise model_not_found(req.model, [listing.base_model.name, *loaded])
+        if req.adapters:
+            raise OpenAIError(
+                400,
+                f"model {req.model!r} is an adapter and `adapters` was given too: name the base model in `model` "
+                "to mix adapters with `adapters`, or drop `adapters`",
+                param="adapters",
+            )
+        return (AdapterRef(name=req.model),)
+
+
+def model_names(base: str) -> tuple[str, ...]:
+    """What `model` may say for the base model: its id in /v1/models, or that without ".gguf"."""
+    return (base, base.removesuffix(".gguf"))
+
+
+def _chat(messages: list[Message]) -> tuple[ChatMessage, ...]:
+    # OpenAI's "developer" role is the newer name of "system".
+    return tuple(ChatMessage(role="system" if m.role == "developer" else m.role, content=m.text) for m in messages)
+
+
+# -- answers --------------------------------------------------------------------------------------------
+
+
+class _Format:
+    """How one endpoint spells its objects."""
+
+    object: str
+    chunk_object: str
+    id_prefix: str
+
+    def choice(self, text: str, finish_reason: str | None) -> dict[str, Any]: ...
+    def delta(self, text: str, first: bool, finish_reason: str | None) -> dict[str, Any]: ...
+
+
+class _TextFormat(_Format):
+    object = chunk_object = "text_completion"
+    id_prefix = "cmpl-"
+
+    def choice(self, text: str, finish_reason: str | None) -> dict[str, Any]:
+        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+
+    def delta(self, text: str, first: bool, finish_reason: str | None) -> dict[str, Any]:
+        return self.choice(text, finish_reason)
+
+
+class _ChatFormat(_Format):
+    object = "chat.completion"
+    chunk_object = "chat.completion.chunk"
+    id_prefix = "chatcmpl-"
+
+    def choice(self, text: str, finish_reason: str | None) -> dict[str, Any]:
+        message = {"role": "assistant", "content": text, "refusal": None}
+        return {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
+
+    def delta(self, text: str, first: bool, finish_reason: str | None) -> dict[str, Any]:
+        delta: dict[str, Any] = {"role": "assistant", "content": text} if first else {}
+        if text and not first:
+            delta["content"] = text
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+
+
+def _finish_reason(result: GenerationResult) -> str:
+    # "cancelled" only reaches a caller that is gone; OpenAI has no such reason
+    return "length" if result.finish_reason == "length" else "stop"
+
+
+class _Answer:
+    def __init__(self, fmt: _Format, model: str, *, include_usage: bool) -> None:
+        self._fmt = fmt
+        self._model = model
+        self._include_usage = include_usage
+        self._id = fmt.id_prefix + secrets.token_hex(12)
+        self._created = int(time.time())
+
+    def _envelope(self, object: str) -> dict[str, Any]:
+        return {"id": self._id, "object": object, "created": self._created, "model": self._model}
+
+    async def whole(self, stream: Metered) -> dict[str, Any]:
+        parts = [delta.text async for delta in stream]
+        result = stream.result
+        assert result is not None
+        return self._envelope(self._fmt.object) | {
+            "choices": [self._fmt.choice("".join(parts), _finish_reason(result))],
+            "usage": _usage(result),
+        }
+
+    async def chunks(self, stream: Metered) -> AsyncIterator[dict[str, Any]]:
+        usage: dict[str, Any] = {"usage": None} if self._include_usage else {}
+        first = True
+        if isinstance(self._fmt, _ChatFormat):  # the role comes first, before any token, as OpenAI sends it
+            yield self._envelope(self._fmt.chunk_object) | {"choices": [self._fmt.delta("", True, None)]} | usage
+            first = False
+        async for delta in stream:
+            if delta.text:
+                yield (
+                    self._envelope(self._fmt.chunk_object)
+                    | {"choices": [self._fmt.delta(delta.text, first, None)]}
+                    | usage
+                )
+                first = False
+        result = stream.result
+        assert result is not None
+        yield (
+            self._envelope(self._fmt.chunk_object)
+            | {"choices": [self._fmt.delta("", first, _finish_reason(result))]}
+            | usage
+        )
+        if self._include_usage:
+            yield self._envelope(self._fmt.chunk_object) | {"choices": [], "usage": _usage(result)}
+
+
+def _usage(result: GenerationResult) -> dict[str, int]:
+    return result.usage.model_dump()
+
+
+# -- delivery -------------------------------------------------------------------------------------------
+
+
+async def _until_disconnect(
+    request: Request, stream: Metered, answer: Callable[[Metered], Awaitable[dict[str, Any]]]
+) -> Response:
+    """Generate the whole answer, unless the client goes away first: then abort the request."""
+    body: dict[str, Any] | None = None
+    error: OpenAIError | None = None
+
+    async def generate(scope: anyio.CancelScope) -> None:
+        nonlocal body, error
+        try:
+            body = await answer(stream)
+        except EngineError as exc:
+            error = from_engine(exc)
+        scope.cancel()
+
+    async def watch(scope: anyio.CancelScope) -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        logger.info("an OpenAI client disconnected before its answer: the request was aborted")
+        scope.cancel()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(generate, tg.cancel_scope)
+            tg.start_soon(watch, tg.cancel_scope)
+    finally:
+        await stream.__aexit__(None, None, None)
+    if error is not None:
+        return error.response()
+    if body is None:  # the client is gone; nobody reads this
+        return Response(status_code=499)
+    return JSONResponse(body)
+
+
+class _EventStream(StreamingResponse):
+    """Server-sent events in OpenAI's format, ending in `data: [DONE]`. However the response ends
+    (finished, client gone before or during it), leaving it aborts the engine request."""
+
+    def __init__(self, stream: Metered, chunks: AsyncIterator[dict[str, Any]]) -> None:
+        self._generation = stream
+        super().__init__(self._events(chunks), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    async def _events(self, chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
+        try:
+            async for chunk in chunks:
+                yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+        except EngineError as exc:  # after the status line: the error goes in the stream, as OpenAI does
+            yield f"data: {json.dumps(from_engine(exc).event())}\n\n"
+        yield "data: [DONE]\n\n"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._generation.__aexit__(None, None, None)

@@ -1,0 +1,211 @@
+"""Request bodies of the OpenAI-compatible routes, as OpenAI documents them, plus llama.cpp's sampling
+extras (top_k, min_p, repeat_penalty, repeat_last_n, ignore_eos) and loramux's `adapters` mix.
+
+Unknown fields are refused, as OpenAI refuses them ("Unrecognized request argument"), so a typo never
+silently does nothing. Fields OpenAI has and loramux does not support are accepted only at their
+"off" value (n=1, no logprobs, no tools), and refused otherwise with a message naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from engine.request import MAX_PROMPT_CHARS, AdapterRef, SamplingParams
+
+_sampling = SamplingParams.model_fields
+
+
+def _like(name: str, **overrides: Any) -> Any:
+    """An optional field with the bounds of SamplingParams' field `name` (None = the engine's default)."""
+    field = _sampling[name]
+    return Annotated[field.annotation | None, *field.metadata, Field(None, description=field.description, **overrides)]
+
+
+def _off(value: Any, allowed: tuple[Any, ...], why: str) -> Any:
+    """Accept an OpenAI field loramux does not support only at its "off" value."""
+    if value not in allowed:
+        raise ValueError(why)
+    return value
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text"]
+    text: str = Field(max_length=MAX_PROMPT_CHARS)
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None  # accepted and not shown to the model (as llama-server does)
+
+    @property
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: bool = False
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["text", "json_object", "json_schema"]
+
+
+class _Common(BaseModel):
+    """Fields both completions and chat completions take."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=256)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: _like("temperature")  # type: ignore[valid-type]
+    top_p: _like("top_p")  # type: ignore[valid-type]
+    stop: str | list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(None, max_length=16)
+    seed: _like("seed")  # type: ignore[valid-type]
+    frequency_penalty: _like("frequency_penalty")  # type: ignore[valid-type]
+    presence_penalty: _like("presence_penalty")  # type: ignore[valid-type]
+    n: int | None = None
+    logprobs: Any = None
+    top_logprobs: int | None = None
+    logit_bias: dict[str, float] | None = None
+    user: str | None = Field(None, max_length=256)  # an end-user id for the caller's own records; ignored
+    # llama.cpp's sampling extras, as llama-server and vLLM take them
+    top_k: _like("top_k")  # type: ignore[valid-type]
+    min_p: _like("min_p")  # type: ignore[valid-type]
+    repeat_penalty: _like("repeat_penalty")  # type: ignore[valid-type]
+    repeat_last_n: _like("repeat_last_n")  # type: ignore[valid-type]
+    ignore_eos: bool | None = None
+    # loramux: a mix of adapters with scales, like llm_inference's `adapters`
+    adapters: list[AdapterRef] | None = None
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, n: int | None) -> int | None:
+        return _off(n, (None, 1), "only n=1 is supported (one choice per request); send several requests instead")
+
+    @field_validator("logprobs", "top_logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: Any) -> Any:
+        return _off(value, (None, False, 0), "log probabilities are not supported; omit it")
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _no_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        return _off(value, (None, {}), "not supported; omit it")
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self) -> _Common:
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("`stream_options` is only allowed when `stream` is true")
+        return self
+
+    @property
+    def stops(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    def sampling_fields(self) -> dict[str, Any]:
+        """The sampling settings given, by SamplingParams' names; the rest keep the engine's defaults."""
+        names = (
+            "temperature", "top_p", "seed", "frequency_penalty", "presence_penalty", "top_k", "min_p",
+            "repeat_penalty", "repeat_last_n", "ignore_eos",
+        )  # fmt: skip
+        given = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+        return given | {"stop": self.stops}
+
+
+class CompletionRequest(_Common):
+    prompt: str | list[str] = Field(description="Text to complete (a list of exactly one string is accepted).")
+    # OpenAI's legacy default
+    max_tokens: int | None = Field(16, ge=1)
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, prompt: str | list[str]) -> str | list[str]:
+        if isinstance(prompt, list) and len(prompt) != 1:
+            raise ValueError("give one string (batches of prompts are not supported; send one request each)")
+        return prompt
+
+    @field_validator("echo")
+    @classmethod
+    def _no_echo(cls, echo: bool) -> bool:
+        return _off(echo, (False,), "not supported; the prompt is not repeated in the answer")
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, suffix: str | None) -> str | None:
+        return _off(suffix, (None, ""), "insertion (fill-in-the-middle) is not supported")
+
+    @field_validator("best_of")
+    @classmethod
+    def _best_of_one(cls, best_of: int | None) -> int | None:
+        return _off(best_of, (None, 1), "only 1 is supported")
+
+    @property
+    def text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+
+class ChatCompletionRequest(_Common):
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    response_format: ResponseFormat | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _no_tools(cls, tools: list[Any] | None) -> list[Any] | None:
+        return _off(tools, (None, []), "tool calling is not supported by this server; omit it")
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _no_tool_choice(cls, choice: Any) -> Any:
+        return _off(choice, (None, "none"), "tool calling is not supported by this server; omit it")
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, fmt: ResponseFormat | None) -> ResponseFormat | None:
+        if fmt is not None and fmt.type != "text":
+            raise ValueError(f"{fmt.type!r} is not supported yet; omit response_format")
+        return fmt
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> ChatCompletionRequest:
+        if None not in (self.max_tokens, self.max_completion_tokens) and self.max_tokens != self.max_completion_tokens:
+            raise ValueError("`max_tokens` and `max_completion_tokens` differ; give one of them")
+        return self
+
+    @property
+    def token_limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class AdapterLoad(BaseModel):
+    """POST /v1/adapters: like the load_adapter tool."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64)
+    path: str = Field(min_length=1, max_length=1024, description="Adapter file inside an adapter directory.")
