@@ -37,6 +37,13 @@ class EngineConfig(BaseModel):
             "so running requests keep generating."
         ),
     )
+    gpu_layers: int | None = Field(
+        None,
+        ge=0,
+        le=10_000,
+        description="Model layers to offload to the GPU; unset = all of them when llama.cpp was built with a GPU "
+        "backend and sees a GPU, else 0 (CPU only).",
+    )
     threads: int = Field(default_factory=_default_threads, ge=1, le=256, description="Most llama.cpp threads.")
     adaptive_threads: bool = Field(
         True, description="Use fewer threads while other processes keep cores busy (engine/cpu_share.py)."

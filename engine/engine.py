@@ -129,7 +129,11 @@ class LlamaEngine:
         worker.start()
         runner = await anyio.to_thread.run_sync(worker.ready.result)
         self._worker = self._started_worker = worker
-        self._model_info = runner.info
+        self._model_info = info = runner.info
+        if info.gpu_layers:
+            logger.info("model %s: %d/%d layers on %s", info.name, info.gpu_layers, info.layers, info.backend)
+        else:
+            logger.info("model %s on the CPU (%d threads at most)", info.name, self.config.threads)
         self._preparer, self._checker = await anyio.to_thread.run_sync(self._read_only_helpers, runner)
         for name, path in self.config.preload_adapters:
             await self._load_adapter(name, str(path), trusted=True)

@@ -30,6 +30,9 @@ class ModelInfo(BaseModel):
     parameters: int
     size_bytes: int
     context_per_request: int = Field(description="Tokens one request may hold, prompt and answer together.")
+    backend: str = Field("CPU", description='What runs the model: "CPU", or the GPU layers are offloaded to.')
+    layers: int = Field(0, description="The model's layers, its output layer included (as llama.cpp counts).")
+    gpu_layers: int = Field(0, description="Layers offloaded to the GPU (0 on CPU).")
     max_running_requests: int = Field(description="Requests generated together; more wait in a queue.")
 
 

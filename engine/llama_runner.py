@@ -18,6 +18,7 @@ from engine.adapter_files import AdapterFileBytes
 from engine.adapter_validation import AdapterFileError
 from engine.config import EngineConfig
 from engine.cpu_share import ThreadGovernor
+from engine.devices import can_offload, gpu_names
 from engine.errors import EngineFailure
 from engine.gguf_header import read_gguf_header
 from engine.info import ModelInfo
@@ -41,9 +42,9 @@ class LlamaRunner:
         quiet_llama_logs()
         llama_cpp.llama_backend_init()
         self.model_path = config.model_path
-        model = llama_cpp.llama_model_load_from_file(
-            str(config.model_path).encode(), llama_cpp.llama_model_default_params()
-        )
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.n_gpu_layers = _gpu_layers(config.gpu_layers)
+        model = llama_cpp.llama_model_load_from_file(str(config.model_path).encode(), model_params)
         if not model:
             raise EngineFailure(f"llama.cpp could not load the model {config.model_path.name}")
         self.model = model
@@ -82,6 +83,7 @@ class LlamaRunner:
             size_bytes=llama_cpp.llama_model_size(model),
             context_per_request=llama_cpp.llama_n_ctx_seq(ctx),
             max_running_requests=config.max_sequences,
+            **_placement(model, model_params.n_gpu_layers),
         )
 
     def _new_context(self) -> None:
@@ -227,3 +229,24 @@ class LlamaRunner:
         self._batch.close()
         llama_cpp.llama_free(self.ctx)
         llama_cpp.llama_model_free(self.model)
+
+
+def _gpu_layers(asked: int | None) -> int:
+    """llama.cpp's n_gpu_layers for the option: unset = all (-1) where the build can offload, else 0."""
+    if asked is None:
+        return -1 if can_offload() else 0
+    if asked > 0 and not can_offload():
+        raise EngineFailure(
+            f"--gpu-layers {asked} asks for GPU offload, but this llama.cpp build has no GPU backend or sees no "
+            "GPU: build it for your GPU (README: GPU offload, LORAMUX_LLAMA_CMAKE_ARGS) or use --gpu-layers 0"
+        )
+    return asked
+
+
+def _placement(model: llama_cpp.llama_model_p, n_gpu_layers: int) -> dict[str, Any]:
+    """Where the model's layers went, as llama.cpp places them: the last n_gpu_layers on the GPU."""
+    layers = llama_cpp.llama_model_n_layer(model) + 1  # llama.cpp counts the output layer too
+    offloaded = layers if n_gpu_layers < 0 else min(n_gpu_layers, layers)
+    if not can_offload() or offloaded == 0:
+        return {"backend": "CPU", "layers": layers, "gpu_layers": 0}
+    return {"backend": ", ".join(gpu_names()), "layers": layers, "gpu_layers": offloaded}

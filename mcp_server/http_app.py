@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from engine import EngineState, InferenceEngine
 from mcp_server.disconnects import DisconnectWatch
 from mcp_server.http_security import guarded, transport_security
-from mcp_server.metrics import Metrics
+from mcp_server.metrics import ADAPTER_SET_LABEL_CAP, Metrics
 from mcp_server.openai_api import openai_routes
 from mcp_server.server import build_server
 
@@ -41,9 +41,10 @@ def build_http_app(
     allowed_hosts: Sequence[str] = (),
     auth_token: str | None = None,
     on_engine_failure: Callable[[BaseException], None] | None = None,
+    metrics_adapter_sets: int = ADAPTER_SET_LABEL_CAP,
 ) -> ASGIApp:
     """The app, behind Host/Origin checks on every route, the optional token, and a body limit."""
-    metrics = Metrics(engine)
+    metrics = Metrics(engine, adapter_set_cap=metrics_adapter_sets)
     mcp = build_server(engine, metrics=metrics)
     mcp_app = mcp.streamable_http_app(
         streamable_http_path=MCP_PATH, host=host, transport_security=transport_security(host, allowed_hosts)
@@ -57,6 +58,8 @@ def build_http_app(
             {
                 "status": state.value,
                 "model": info.name if info else None,
+                "backend": info.backend if info else None,
+                "gpu_layers": info.gpu_layers if info else None,
                 "running": stats.running,
                 "waiting": stats.waiting,
                 "steps": stats.steps,

@@ -15,12 +15,13 @@ fi
 # whether others shared its step. Without it, outputs are the same alone and batched. Decoding runs
 # one token per sequence, which sgemm never handled anyway.
 LLAMA_VERSION=0.3.36
-LLAMA_CMAKE_ARGS=${LORAMUX_LLAMA_CMAKE_ARGS:-"-DGGML_LLAMAFILE=OFF"}  # override to trade invariance for LoRA speed
+# Override for a GPU build, e.g. LORAMUX_LLAMA_CMAKE_ARGS="-DGGML_LLAMAFILE=OFF -DGGML_CUDA=on" (README: GPU offload).
+LLAMA_CMAKE_ARGS=${LORAMUX_LLAMA_CMAKE_ARGS:-"-DGGML_LLAMAFILE=OFF"}
 WHEELS="${XDG_CACHE_HOME:-$HOME/.cache}/loramux/wheels/llama-cpp-python-$LLAMA_VERSION-$(echo "$LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-12)"
 
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 stamp=.venv/.loramux-installed
-want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+want=$( (cat pyproject.toml scripts/setup.sh; echo "$LLAMA_CMAKE_ARGS") | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip >&2
   if ! ls "$WHEELS"/llama_cpp_python-*.whl >/dev/null 2>&1; then

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from mcp import Client, StdioServerParameters
 
-from mcp_server.cli import build_parser
+from engine.devices import can_offload
+from mcp_server.settings import Settings, build_parser, flag_of
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.anyio
@@ -52,12 +53,10 @@ def test_help_lists_every_option() -> None:
         assert opt in out
 
 
-def test_readme_documents_every_option() -> None:
-    """The README's options table cannot drift from the argument parser."""
+def test_help_lists_every_option_of_the_settings_model() -> None:
     options = {opt for action in build_parser()._actions for opt in action.option_strings if opt.startswith("--")}
-    readme = (ROOT / "README.md").read_text()
-    missing = sorted(opt for opt in options - {"--help"} if f"`{opt}" not in readme)
-    assert not missing, f"the README's options table lacks {missing}"
+    for name in Settings.model_fields:
+        assert flag_of(name) in options, name
 
 
 @pytest.mark.parametrize("transport", [[], ["--http", "--port", "0"]])
@@ -74,3 +73,12 @@ def test_a_bad_preloaded_adapter_is_a_clear_startup_error(tmp_path: Path, transp
     )
     assert proc.returncode == 2, proc.stderr
     assert "is not a GGUF file" in proc.stderr and proc.stdout == ""
+
+
+@pytest.mark.skipif(can_offload(), reason="this llama.cpp build can offload to a GPU")
+def test_gpu_layers_on_a_cpu_only_build_is_a_clear_startup_error() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "mcp_server", "--gpu-layers", "4"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2 and "no GPU backend" in proc.stderr and "--gpu-layers 0" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -33,6 +33,7 @@ def test_health_reports_model_and_load(base_url: str) -> None:
         health = json.load(r)
     assert health["status"] == "ready"
     assert health["model"].endswith(".gguf")
+    assert (health["backend"], health["gpu_layers"]) == ("CPU", 0) or health["gpu_layers"] > 0
     assert {"running", "waiting", "steps", "tokens_generated", "sequences_per_step"} <= set(health)
 
 

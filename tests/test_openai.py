@@ -357,3 +357,37 @@ async def test_mcp_and_openai_calls_share_decode_steps(base_url: str) -> None:
                  adapter_set="base") == 1  # fmt: skip
     assert moved("loramux_requests_total", interface="openai", endpoint="/v1/chat/completions", outcome="length",
                  adapter_set="base") == 1  # fmt: skip
+
+
+# -- the README ---------------------------------------------------------------------------------------
+
+
+def test_the_readme_openai_example_and_metrics_curl_work_as_written() -> None:
+    """Run against a fresh server, with only the README's address swapped for the test server's."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## OpenAI-compatible API and metrics") :]
+    example = re.search(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    curl = re.search(r"`(curl -s http://127\.0\.0\.1:8000/metrics[^`]*)`", section)
+    assert example is not None and curl is not None
+    with http_server() as url:
+        address = url.removeprefix("http://")
+        run = subprocess.run(
+            [sys.executable, "-c", example.group(1).replace("127.0.0.1:8000", address)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.returncode == 0, run.stderr
+        assert "completion_tokens=" in run.stdout  # the usage chunk
+        assert upper_share(run.stdout.splitlines()[-1]) > 0.8  # the caps adapter's answer
+        scraped = subprocess.run(
+            ["bash", "-c", curl.group(1).replace("127.0.0.1:8000", address)], capture_output=True, text=True
+        )
+    lines = scraped.stdout.splitlines()
+    assert scraped.returncode == 0 and lines and all(line.startswith("loramux_requests") for line in lines)
+    assert any('interface="openai"' in line and 'adapter_set="caps"' in line for line in lines), lines

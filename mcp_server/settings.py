@@ -1,0 +1,350 @@
+"""Every option of `loramux`, in one settings model: command-line flags, `LORAMUX_*` environment
+variables and an optional TOML file, with that precedence (flags > environment > file > defaults).
+
+The command line (cli.py) and the README's options table are both generated from `Settings`; a test
+fails when the README's table drifts (`python -m mcp_server.settings` prints it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal, NoReturn
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import TomlConfigSettingsSource as TomlSource
+
+from engine import EngineConfig
+from mcp_server.metrics import ADAPTER_SET_LABEL_CAP
+from mcp_server.shutdown import DEFAULT_GRACE_S
+
+ENV_PREFIX = "LORAMUX_"
+CONFIG_ENV = "LORAMUX_CONFIG"
+_engine = EngineConfig.model_fields
+
+
+def option(
+    description: str,
+    *,
+    flag: str | None = None,
+    metavar: str | None = None,
+    shown_default: str | None = None,
+    engine: str | None = None,
+    **field: Any,
+) -> Any:
+    """A field of `Settings` with how it shows on the command line and in the README.
+
+    `engine`: the EngineConfig field it sets, whose bounds and default it takes (one source of truth)."""
+    extra = {"flag": flag, "metavar": metavar, "shown_default": shown_default, "engine": engine}
+    if engine is not None:
+        source = _engine[engine]
+        if "default" not in field and "default_factory" not in field:
+            field["default"] = None if source.default_factory is not None else source.default
+        for constraint in source.metadata:
+            for name in ("ge", "le", "gt", "lt"):
+                if getattr(constraint, name, None) is not None:
+                    field.setdefault(name, getattr(constraint, name))
+    return Field(description=description, json_schema_extra={k: v for k, v in extra.items() if v is not None}, **field)
+
+
+def _split(value: Any) -> Any:
+    """Lists from the environment: JSON (`["a","b"]`) or comma-separated (`a,b`)."""
+    if isinstance(value, str):
+        value = value.strip()
+        if value.startswith("["):
+            import json
+
+            return json.loads(value)
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True, validate_default=True)
+
+    model: Path | None = option(
+        "GGUF model to serve", flag="--model", metavar="PATH",
+        shown_default="the embedded SmolLM2-135M-Instruct Q4_1", default=None,
+    )  # fmt: skip
+    http: bool = option("serve streamable HTTP (MCP at /mcp, the OpenAI API at /v1) instead of stdio", default=False)
+    host: str = option(
+        "HTTP bind address. Every route checks the Host and Origin headers (DNS-rebinding protection): on loopback "
+        "only loopback names are accepted (others get 421 / 403). Binding another address without `--auth-token` "
+        "logs a loud warning",
+        metavar="HOST", default="127.0.0.1",
+    )  # fmt: skip
+    port: int = option("HTTP port", metavar="N", default=8000, ge=0, le=65535)
+    allowed_hosts: Annotated[list[str], NoDecode] = option(
+        "a host name clients use to reach the server, accepted in Host and Origin besides the bind address; "
+        "repeatable (needed on a `0.0.0.0` bind, where the checks are otherwise off)",
+        flag="--allowed-host", metavar="NAME", shown_default="–", default_factory=list,
+    )  # fmt: skip
+    auth_token: str | None = option(
+        "require `Authorization: Bearer TOKEN` on every HTTP route except `/health`; a missing or wrong token gets "
+        "401 with `WWW-Authenticate: Bearer … resource_metadata=…`, pointing at "
+        "`/.well-known/oauth-protected-resource` (RFC 9728, as the MCP spec asks; it names no authorization server, "
+        "since the operator issues the token). Request bodies are limited to 4 MiB (413)",
+        metavar="TOKEN", shown_default="none", default=None, min_length=1,
+    )  # fmt: skip
+    context: int = option(
+        "context tokens per request, prompt and answer together; a multiple of 256 (llama.cpp's KV padding)",
+        metavar="N", engine="context_per_sequence",
+    )  # fmt: skip
+    max_sequences: int = option(
+        "requests decoded together in one step; KV memory is `context × max-sequences` cells",
+        metavar="N", engine="max_sequences",
+    )  # fmt: skip
+    batch_tokens: int = option(
+        "most prompt tokens prefilled per step: longer prompts are prefilled in chunks while running requests keep "
+        "generating",
+        metavar="N", engine="batch_tokens",
+    )  # fmt: skip
+    group_steps: int = option(
+        "decode steps one adapter group runs before the next group's turn: larger amortises adapter-set changes, "
+        "smaller shares time more finely",
+        metavar="N", engine="group_steps",
+    )  # fmt: skip
+    gpu_layers: int | None = option(
+        "model layers to offload to the GPU. Unset: all of them when llama.cpp was built with a GPU backend "
+        "(CUDA, Metal, Vulkan; see GPU offload) and sees a GPU, else 0. What the model runs on is logged at start "
+        "and shown by `/health` and `list_adapters`",
+        metavar="N", shown_default="all on a GPU build, else 0", engine="gpu_layers",
+    )  # fmt: skip
+    threads: int | None = option(
+        "the most llama.cpp threads. While other processes keep cores busy, fewer are used (about as many as the "
+        "cores left free, re-measured every second): llama.cpp's threads wait for each other at spinning barriers, "
+        "so one thread pushed off its core stalls them all. Measured in [docs/reliability.md](docs/reliability.md)",
+        metavar="N", shown_default="cores, at most 8", engine="threads",
+    )  # fmt: skip
+    fixed_threads: bool = option(
+        "always use `--threads` threads (e.g. on a machine reserved for loramux)", default=False
+    )
+    queue_depth: int = option(
+        "requests that may wait for a free sequence; past that, calls get an immediate busy error (HTTP 429 with "
+        "`Retry-After` on the OpenAI routes)",
+        metavar="N", engine="queue_depth",
+    )  # fmt: skip
+    request_timeout: float = option(
+        "seconds a request may take, queue wait included (HTTP 504 on the OpenAI routes)",
+        metavar="S", engine="request_timeout",
+    )  # fmt: skip
+    adapter_dirs: Annotated[list[Path], NoDecode] = option(
+        "directory agents may load LoRA adapters from; repeatable. Nothing outside these directories is ever "
+        "opened on an agent's behalf",
+        flag="--adapter-dir", metavar="DIR", shown_default="the project's `adapters/`", default_factory=list,
+    )  # fmt: skip
+    adapters: Annotated[dict[str, Path], NoDecode] = option(
+        "load an adapter at start; repeatable. Operator-given, so any path is allowed. Environment: "
+        "`name=path,name=path`; TOML: a table `[adapters]`",
+        flag="--adapter", metavar="NAME=PATH", shown_default="–", default_factory=dict,
+    )  # fmt: skip
+    chat_template: Path | None = option(
+        "a Jinja chat template to use instead of the model's, e.g. to fix a model's template. Templates may move "
+        "messages around; one that rewrites message text is refused per request (message text must never be read "
+        "as control tokens)",
+        metavar="FILE", shown_default="the model's own (from the GGUF)", default=None,
+    )  # fmt: skip
+    metrics_adapter_sets: int = option(
+        "distinct adapter sets that get their own `adapter_set` label in `/metrics`; later ones share the label "
+        '"other" (adapter names come from agents, so the label must stay bounded)',
+        metavar="N", default=ADAPTER_SET_LABEL_CAP, ge=0, le=10_000,
+    )  # fmt: skip
+    shutdown_grace: float = option(
+        "on SIGTERM or SIGINT (Ctrl-C): new calls and sessions are refused (\"shutting down\" tool error; HTTP 503 "
+        "for a new session, an OpenAI request and `/health`), running calls get S seconds to finish, the rest end "
+        "with a \"shutting down\" error, then the process exits 0. A second signal ends the running calls at once. "
+        "A killed stdio client ends the server quietly (exit 0)",
+        metavar="S", default=DEFAULT_GRACE_S, ge=0,
+    )  # fmt: skip
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = option(
+        "logs go to stderr only. On stdio nothing but JSON-RPC ever reaches stdout, llama.cpp's own logging included",
+        metavar="L", default="INFO",
+    )  # fmt: skip
+
+    @field_validator("allowed_hosts", "adapter_dirs", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split(value)
+
+    @field_validator("adapters", mode="before")
+    @classmethod
+    def _named_paths(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = _split(value)
+        if isinstance(value, list):
+            pairs = [_named_path(item) if isinstance(item, str) else item for item in value]
+            names = [name for name, _ in pairs]
+            if len(set(names)) != len(names):
+                raise ValueError("each adapter name may be given once")
+            return dict(pairs)
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # flags (passed as init values) > LORAMUX_* environment (a file is added by `from_sources`)
+        return (init_settings, env_settings)
+
+    @classmethod
+    def from_sources(cls, flags: dict[str, Any], config_file: Path | None = None) -> Settings:
+        """Flags > LORAMUX_* environment > the TOML file (`config_file`, else $LORAMUX_CONFIG) > defaults."""
+        path = config_file or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
+        if path is None:
+            return cls(**flags)
+        if not path.is_file():
+            raise ValueError(f"--config: no such file: {path}")
+
+        class WithFile(cls):  # type: ignore[valid-type,misc]
+            @classmethod
+            def settings_customise_sources(
+                cls, settings_cls: type[BaseSettings], init_settings: Any, env_settings: Any, **_: Any
+            ) -> tuple[PydanticBaseSettingsSource, ...]:
+                return (init_settings, env_settings, TomlSource(settings_cls, toml_file=path))
+
+        return WithFile(**flags)
+
+    def engine_config(self) -> EngineConfig:
+        values: dict[str, Any] = {}
+        for name, field in Settings.model_fields.items():
+            target = _extra(field).get("engine")
+            if target is not None and getattr(self, name) is not None:
+                values[target] = getattr(self, name)
+        if self.model is not None:
+            values["model_path"] = self.model
+        values["adaptive_threads"] = not self.fixed_threads
+        if self.adapter_dirs:
+            values["adapter_dirs"] = tuple(self.adapter_dirs)
+        values["preload_adapters"] = tuple(self.adapters.items())
+        if self.chat_template is not None:
+            values["chat_template"] = self.chat_template
+        try:
+            return EngineConfig(**values)
+        except ValidationError as exc:  # name the option, not the engine's field
+            raise ValueError(_engine_errors(exc)) from None
+
+
+def _named_path(value: str) -> tuple[str, Path]:
+    name, sep, path = value.partition("=")
+    if not sep or not name or not path:
+        raise ValueError(f"expected NAME=PATH, got {value!r}")
+    return name, Path(path)
+
+
+def _extra(field: FieldInfo) -> dict[str, Any]:
+    return field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+
+
+def _engine_errors(exc: ValidationError) -> str:
+    flags = {_extra(f).get("engine"): name for name, f in Settings.model_fields.items()}
+    flags |= {"model_path": "model", "chat_template": "chat_template", "preload_adapters": "adapters"}
+    lines = []
+    for error in exc.errors(include_url=False):
+        field = str(error["loc"][0]) if error["loc"] else ""
+        message = error["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+        lines.append(f"{flag_of(flags.get(field, field))}: {message}")
+    return "\n".join(lines)
+
+
+def flag_of(name: str) -> str:
+    field = Settings.model_fields.get(name)
+    flag = _extra(field).get("flag") if field is not None else None
+    return flag or "--" + name.replace("_", "-")
+
+
+# -- the command line -------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="loramux",
+        description="MCP tool server and OpenAI-compatible API for a resident local GGUF model. Every option can "
+        f"also be set by an environment variable ({ENV_PREFIX}NAME) or in a TOML file (--config); flags win.",
+        argument_default=argparse.SUPPRESS,  # only the flags given reach the settings: env and file fill the rest
+    )
+    p.add_argument("--config", metavar="FILE", help=f"TOML file of options (default: ${CONFIG_ENV})")
+    for name, field in Settings.model_fields.items():
+        extra = _extra(field)
+        kwargs: dict[str, Any] = {"dest": name, "help": _help(name, field)}
+        if field.annotation is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["metavar"] = extra.get("metavar")
+            if name in ("allowed_hosts", "adapter_dirs", "adapters"):
+                kwargs["action"] = "append"
+        p.add_argument(flag_of(name), **kwargs)
+    return p
+
+
+def _help(name: str, field: FieldInfo) -> str:
+    default = _shown_default(field)
+    env = f"{ENV_PREFIX}{name.upper()}"
+    return f"{field.description} (default: {default}; env: {env})".replace("%", "%%")
+
+
+def _shown_default(field: FieldInfo) -> str:
+    shown = _extra(field).get("shown_default")
+    if shown is not None:
+        return shown
+    if field.annotation is bool:
+        return "on" if field.default else "off"
+    return str(field.default)
+
+
+def load(argv: list[str] | None = None) -> Settings:
+    """Settings from the command line, the environment and the TOML file; a clear error and exit 2 if
+    any is wrong."""
+    values = vars(build_parser().parse_args(argv))
+    config = values.pop("config", None)
+    try:
+        settings = Settings.from_sources(values, Path(config) if config else None)
+        settings.engine_config()  # the engine's own checks (files exist, KV pages), named by option
+        return settings
+    except ValidationError as exc:
+        lines = [_problem(e) for e in exc.errors(include_url=False)]
+        _refuse("\n".join(lines))
+    except (ValueError, OSError) as exc:
+        _refuse(str(exc))
+
+
+def _problem(error: Any) -> str:
+    where = str(error["loc"][0]) if error["loc"] else ""
+    if error["type"] == "extra_forbidden":
+        return f"{where}: not an option (a config file's keys are the option names: see loramux --help)"
+    message = error["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+    return f"{flag_of(where) if where else 'options'}: {message}"
+
+
+def _refuse(message: str) -> NoReturn:
+    sys.stderr.write(f"loramux: invalid configuration:\n{message}\n")
+    raise SystemExit(2)
+
+
+# -- the README's table ------------------------------------------------------------------------------
+
+
+def options_table() -> str:
+    rows = [
+        "| flag | environment | default | what it does |",
+        "|---|---|---|---|",
+        f"| `--config FILE` | `{CONFIG_ENV}` | none | a TOML file of options, keys as the environment names without "
+        "the prefix, lower case (`max_sequences = 16`); flags win over the environment, which wins over the file |",
+    ]
+    for name, field in Settings.model_fields.items():
+        metavar = _extra(field).get("metavar")
+        flag = flag_of(name) + (f" {metavar}" if metavar else "")
+        rows.append(f"| `{flag}` | `{ENV_PREFIX}{name.upper()}` | {_shown_default(field)} | {field.description} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(options_table())
