@@ -193,8 +193,9 @@ class EngineCore:
         counts["tokens_generated"] += len(output.sampled)
         counts["prompt_tokens"] += update.prompt_tokens
         self._histogram[len(plan.chunks)] += 1
+        now = self._clock()
         for seq, text in update.deltas:
-            self._events.append(RequestOutput(seq.request_id, TextDelta(text, len(seq.completion_tokens))))
+            self._events.append(RequestOutput(seq.request_id, TextDelta(text, len(seq.completion_tokens), now)))
         for seq in update.finished:
             self._end(seq, RequestFinished(seq.request_id, seq.result()), "requests_finished")
         for seq, error in update.failed:

@@ -35,7 +35,10 @@ class GenerationResult(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class TextDelta:
-    """New text of one request; `completion_tokens` counts all tokens generated so far."""
+    """New text of one request; `completion_tokens` counts all tokens generated so far; `at`: when the
+    step that produced it ended (time.monotonic), for inter-token latency as the engine made them
+    (deltas may reach a caller a few at a time)."""
 
     text: str
     completion_tokens: int
+    at: float = 0.0

@@ -9,10 +9,20 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 
-from engine.commands import Command, EngineHalted, EventBatch, Shutdown
+from engine.commands import (
+    Command,
+    EngineHalted,
+    Event,
+    EventBatch,
+    RequestFailed,
+    RequestFinished,
+    RequestOutput,
+    Shutdown,
+)
 from engine.config import EngineConfig
 from engine.core import EngineCore
 from engine.errors import EngineStopped
@@ -51,9 +61,11 @@ class Worker:
         core = EngineCore(runner, self.config)
         self.ready.set_result(runner)
         failed = False
+        outbox = Outbox(self._emit)
         try:
             while self._handle_commands(core, block=not core.has_work):
-                self._emit(EventBatch(core.step(), core.stats()))
+                outbox.add(core.step(), core, final=not core.has_work)
+            outbox.flush(core)
             core.fail_all(lambda: EngineStopped("the server is shutting down"))
         except BaseException:
             # A bug, not a bad request (those fail alone inside the core). Requests still open are failed
@@ -82,3 +94,42 @@ class Worker:
                 command = self._commands.get_nowait()
             except queue.Empty:
                 return True
+
+
+# Text deltas of requests that have already streamed some are held up to this long and handed over
+# together: each hand-over wakes the event loop, which takes the GIL while this thread waits for it
+# (~0.4 ms a step, measured: 6% of a lone stream's time on 2 cores). Everything else (a request's
+# first text, ends, failures, command results) goes out at once.
+COALESCE_S = 0.02
+
+
+class Outbox:
+    def __init__(self, emit: Callable[[EventBatch], None], clock: Callable[[], float] = time.monotonic) -> None:
+        self._emit = emit
+        self._clock = clock
+        self._held: list[Event] = []
+        self._streaming: set[int] = set()  # requests whose first text has gone out
+        self._last = 0.0
+
+    def add(self, events: list[Event], core: EngineCore, *, final: bool) -> None:
+        """Take a step's events; hand them over now unless they are only more text (see COALESCE_S).
+        `final`: no step follows soon (the core has no work), so nothing may wait."""
+        self._held += events
+        urgent = final
+        for event in events:
+            if isinstance(event, RequestOutput):
+                if event.request_id not in self._streaming:
+                    self._streaming.add(event.request_id)
+                    urgent = True
+            else:
+                urgent = True
+                if isinstance(event, RequestFinished | RequestFailed):
+                    self._streaming.discard(event.request_id)
+        if urgent or self._clock() - self._last >= COALESCE_S:
+            self.flush(core)
+
+    def flush(self, core: EngineCore) -> None:
+        if self._held:
+            self._emit(EventBatch(self._held, core.stats()))
+            self._held = []
+            self._last = self._clock()

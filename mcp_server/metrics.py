@@ -101,7 +101,7 @@ class Metrics:
         )
         self.itl = histogram(
             "loramux_inter_token_latency_seconds",
-            "Time between consecutive generated tokens of one request, as its caller receives them.",
+            "Time between consecutive generated tokens of one request (decode steps' end times).",
             ITL_BUCKETS,
             "interface",
         )
@@ -137,6 +137,7 @@ class Metered:
         self._interface = interface
         self._endpoint = endpoint
         self._adapter_set = metrics.adapter_set(request.adapter_key)
+        self._itl = metrics.itl.labels(interface, self._adapter_set)  # looked up once: observed per token
         self._last_token_at: float | None = None
         self._tokens = 0
 
@@ -168,13 +169,13 @@ class Metered:
 
     async def _deltas(self) -> AsyncIterator[TextDelta]:
         async for delta in self._stream:
-            now = time.monotonic()
+            now = delta.at or time.monotonic()  # the engine's time, where it gives one
             new = delta.completion_tokens - self._tokens
             if self._last_token_at is not None and new > 0:
                 # a delta may carry several tokens (held back for UTF-8 or a stop-string prefix)
                 gap = (now - self._last_token_at) / new
                 for _ in range(new):
-                    self._m.itl.labels(self._interface, self._adapter_set).observe(gap)
+                    self._itl.observe(gap)
             self._last_token_at = now
             self._tokens = delta.completion_tokens
             yield delta

@@ -351,3 +351,36 @@ def test_an_adapter_command_that_breaks_fails_alone() -> None:
     failed = [e for e in events if isinstance(e, CommandFailed)]
     assert len(failed) == 1 and "adapter operation" in str(failed[0].error)
     assert isinstance(outcomes(events)[2], RequestFinished)
+
+
+def test_outbox_hands_over_first_text_and_ends_at_once_and_holds_later_text_briefly() -> None:
+    from engine.info import EngineStats
+    from engine.result import TextDelta
+    from engine.worker import COALESCE_S, Outbox
+
+    class Core:
+        def stats(self) -> EngineStats:
+            return EngineStats()
+
+    now = [100.0]
+    batches: list[list] = []
+    outbox = Outbox(lambda batch: batches.append(batch.events), clock=lambda: now[0])
+
+    def step(*events: object, final: bool = False, dt: float = 0.005) -> None:
+        now[0] += dt
+        outbox.add(list(events), Core(), final=final)  # type: ignore[arg-type]
+
+    step(RequestOutput(1, TextDelta("a", 1)))  # a request's first text: at once
+    assert len(batches) == 1
+    step(RequestOutput(1, TextDelta("b", 2)))  # more text: held
+    step(RequestOutput(1, TextDelta("c", 3)))
+    assert len(batches) == 1
+    step(RequestOutput(2, TextDelta("x", 1)))  # another request's first text: at once, with what was held
+    assert len(batches) == 2 and [e.delta.text for e in batches[1]] == ["b", "c", "x"]
+    step(RequestOutput(1, TextDelta("d", 4)), dt=COALESCE_S + 0.001)  # held no longer than COALESCE_S
+    assert len(batches) == 3
+    step(RequestOutput(1, TextDelta("e", 5)))
+    step(RequestFinished(1, None))  # type: ignore[arg-type]  # an end: at once
+    assert len(batches) == 4 and len(batches[3]) == 2
+    step(RequestOutput(2, TextDelta("y", 2)), final=True)  # the core has no more work: at once
+    assert len(batches) == 5

@@ -384,7 +384,8 @@ def test_the_readme_openai_example_and_metrics_curl_work_as_written() -> None:
         )
         assert run.returncode == 0, run.stderr
         assert "completion_tokens=" in run.stdout  # the usage chunk
-        assert upper_share(run.stdout.splitlines()[-1]) > 0.8  # the caps adapter's answer
+        caps_answer = run.stdout[run.stdout.index("CompletionUsage(") :].split("\n", 1)[1]
+        assert upper_share(caps_answer) > 0.6, run.stdout  # the base model: < 0.2
         scraped = subprocess.run(
             ["bash", "-c", curl.group(1).replace("127.0.0.1:8000", address)], capture_output=True, text=True
         )

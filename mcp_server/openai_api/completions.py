@@ -186,29 +186,37 @@ class _Answer:
             "usage": _usage(result),
         }
 
-    async def chunks(self, stream: Metered) -> AsyncIterator[dict[str, Any]]:
+    async def chunks(self, stream: Metered) -> AsyncIterator[str]:
+        """The stream's events, serialized. A token's chunk is a template filled with its text: every
+        chunk of a stream is the same object but for the text, and this runs once per token per client."""
         usage: dict[str, Any] = {"usage": None} if self._include_usage else {}
+
+        def chunk(choice: dict[str, Any], **more: Any) -> str:
+            return json.dumps(
+                self._envelope(self._fmt.chunk_object) | {"choices": [choice]} | usage | more, ensure_ascii=False
+            )
+
+        prefix, _, suffix = chunk(self._fmt.delta(_HOLE, False, None)).partition(json.dumps(_HOLE))
         first = True
         if isinstance(self._fmt, _ChatFormat):  # the role comes first, before any token, as OpenAI sends it
-            yield self._envelope(self._fmt.chunk_object) | {"choices": [self._fmt.delta("", True, None)]} | usage
+            yield chunk(self._fmt.delta("", True, None))
             first = False
         async for delta in stream:
-            if delta.text:
-                yield (
-                    self._envelope(self._fmt.chunk_object)
-                    | {"choices": [self._fmt.delta(delta.text, first, None)]}
-                    | usage
-                )
+            if not delta.text:
+                continue
+            if first:
+                yield chunk(self._fmt.delta(delta.text, True, None))
                 first = False
+            else:
+                yield prefix + json.dumps(delta.text, ensure_ascii=False) + suffix
         result = stream.result
         assert result is not None
-        yield (
-            self._envelope(self._fmt.chunk_object)
-            | {"choices": [self._fmt.delta("", first, _finish_reason(result))]}
-            | usage
-        )
+        yield chunk(self._fmt.delta("", first, _finish_reason(result)))
         if self._include_usage:
-            yield self._envelope(self._fmt.chunk_object) | {"choices": [], "usage": _usage(result)}
+            yield json.dumps(self._envelope(self._fmt.chunk_object) | {"choices": [], "usage": _usage(result)})
+
+
+_HOLE = "\x00hole\x00"  # a text no token produces, replaced by each token's text
 
 
 def _usage(result: GenerationResult) -> dict[str, int]:
@@ -256,14 +264,14 @@ class _EventStream(StreamingResponse):
     """Server-sent events in OpenAI's format, ending in `data: [DONE]`. However the response ends
     (finished, client gone before or during it), leaving it aborts the engine request."""
 
-    def __init__(self, stream: Metered, chunks: AsyncIterator[dict[str, Any]]) -> None:
+    def __init__(self, stream: Metered, chunks: AsyncIterator[str]) -> None:
         self._generation = stream
         super().__init__(self._events(chunks), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-    async def _events(self, chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
+    async def _events(self, chunks: AsyncIterator[str]) -> AsyncIterator[str]:
         try:
             async for chunk in chunks:
-                yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+                yield f"data: {chunk}\n\n"
         except EngineError as exc:  # after the status line: the error goes in the stream, as OpenAI does
             yield f"data: {json.dumps(from_engine(exc).event())}\n\n"
         yield "data: [DONE]\n\n"
