@@ -392,3 +392,32 @@ def test_the_readme_openai_example_and_metrics_curl_work_as_written() -> None:
     lines = scraped.stdout.splitlines()
     assert scraped.returncode == 0 and lines and all(line.startswith("loramux_requests") for line in lines)
     assert any('interface="openai"' in line and 'adapter_set="caps"' in line for line in lines), lines
+
+
+def test_a_request_past_the_timeout_is_504() -> None:
+    with http_server("--request-timeout", "1") as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        with pytest.raises(openai.InternalServerError) as caught:
+            client.completions.create(
+                model=BASE_MODEL, prompt="Write an essay.", max_tokens=5000, extra_body={"ignore_eos": True}
+            )
+        assert caught.value.status_code == 504 and caught.value.code == "timeout"
+        assert "1 s limit" in caught.value.message
+        # streamed: the status line has gone out, so the error comes as an event the client raises
+        stream = client.completions.create(
+            model=BASE_MODEL, prompt="Write an essay.", max_tokens=5000, stream=True, extra_body={"ignore_eos": True}
+        )
+        with pytest.raises(openai.APIError, match="1 s limit"):
+            for _ in stream:
+                pass
+
+
+def test_adapter_set_labels_are_capped() -> None:
+    from mcp_server.metrics import OVERFLOW_LABEL, AdapterSetLabels
+
+    labels = AdapterSetLabels(cap=2)
+    assert labels(()) == "base"
+    assert labels((("caps", 1.0),)) == "caps"
+    assert labels((("caps", 0.5), ("short", 1.0))) == "caps@0.5+short@1"
+    assert labels((("x", 1.0),)) == OVERFLOW_LABEL  # a third set: over the cap
+    assert labels((("caps", 1.0),)) == "caps" and labels(()) == "base"  # known ones keep theirs
