@@ -17,7 +17,15 @@ from engine.errors import (
     RequestTimedOut,
     UnknownAdapter,
 )
-from engine.info import AdapterInfo, AdapterListing, EngineState, EngineStats, LoadedAdapter, ModelInfo
+from engine.info import (
+    AdapterInfo,
+    AdapterListing,
+    EngineState,
+    EngineStats,
+    LoadedAdapter,
+    ModelInfo,
+    RequestStatus,
+)
 from engine.interface import GenerationStream, InferenceEngine
 from engine.request import AdapterRef, ChatMessage, GenerateRequest, SamplingParams
 from engine.result import FinishReason, GenerationResult, TextDelta, Timings, Usage
@@ -46,6 +54,7 @@ __all__ = [
     "LoadedAdapter",
     "ModelInfo",
     "PromptTooLong",
+    "RequestStatus",
     "RequestStream",
     "RequestTimedOut",
     "SamplingParams",

@@ -237,6 +237,12 @@ class EngineCore:
             waiting=len(self.scheduler.waiting),
             kv_cells_used=self.runner.kv_cells_used(),
             adapters_loaded=len(self.adapters),
+            queued=tuple(s.request_id for s in self.scheduler.waiting),
+            reading={
+                s.request_id: (s.num_prefilled, s.num_prompt_tokens)
+                for s in self.scheduler.running.values()
+                if s.is_prefilling
+            },
             sequences_per_step={n: c for n, c in enumerate(self._histogram) if c},
             **self._counts,
         )

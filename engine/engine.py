@@ -43,7 +43,15 @@ from engine.commands import (
 )
 from engine.config import EngineConfig
 from engine.errors import EngineBusy, EngineError, EngineFailure, EngineStopped, InvalidRequest
-from engine.info import AdapterInfo, AdapterListing, EngineState, EngineStats, LoadedAdapter, ModelInfo
+from engine.info import (
+    AdapterInfo,
+    AdapterListing,
+    EngineState,
+    EngineStats,
+    LoadedAdapter,
+    ModelInfo,
+    RequestStatus,
+)
 from engine.preparation import RequestPreparer
 from engine.request import GenerateRequest
 from engine.result import GenerationResult, TextDelta
@@ -376,6 +384,17 @@ class RequestStream:
         self._send: MemoryObjectSendStream[StreamEvent]
         self._receive: MemoryObjectReceiveStream[StreamEvent]
         self._done = False
+        self._text_seen = False
+
+    def status(self) -> RequestStatus:
+        """Queued (with how many ahead), reading its prompt (how far), or generating; from the engine's
+        last stats snapshot, so it costs the decode thread nothing."""
+        stats = self._engine.stats()
+        if (reading := stats.reading.get(self.request_id)) is not None:
+            return RequestStatus("reading", read=reading[0], prompt=reading[1])
+        if self.request_id in stats.queued:
+            return RequestStatus("queued", ahead=stats.queued.index(self.request_id))
+        return RequestStatus("generating" if self._text_seen or self._done else "preparing")
 
     async def __aenter__(self) -> Self:
         self._send, self._receive = anyio.create_memory_object_stream[StreamEvent](math.inf)
@@ -403,6 +422,7 @@ class RequestStream:
     async def _deltas(self) -> AsyncIterator[TextDelta]:
         async for event in self._receive:
             if isinstance(event, TextDelta):
+                self._text_seen = True
                 yield event
             elif isinstance(event, GenerationResult):
                 self.result = event

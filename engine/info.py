@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -82,3 +83,26 @@ class EngineStats:
     adapters_loaded: int = 0
     # sequences_per_step[n] = number of decode steps that carried n sequences
     sequences_per_step: dict[int, int] = field(default_factory=dict)
+    # requests not generating yet: queued ones (request ids, first in line first) and those reading
+    # their prompt (request id → (prompt tokens read, prompt tokens)); for RequestStatus
+    queued: tuple[int, ...] = ()
+    reading: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RequestStatus:
+    """Where a request stands before its text flows: what keep-alive progress messages say."""
+
+    phase: Literal["preparing", "queued", "reading", "generating"]
+    ahead: int = 0  # queued: requests before it in the queue
+    read: int = 0  # reading: prompt tokens read so far
+    prompt: int = 0  # reading: prompt tokens
+
+    def describe(self) -> str:
+        if self.phase == "queued":
+            return f"queued, {self.ahead} ahead" if self.ahead else "queued, next in line"
+        if self.phase == "reading":
+            return f"reading the prompt, {100 * self.read // max(self.prompt, 1)}%"
+        if self.phase == "preparing":
+            return "preparing the prompt"
+        return "generating"

@@ -11,7 +11,15 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Protocol, Self
 
-from engine.info import AdapterInfo, AdapterListing, EngineState, EngineStats, LoadedAdapter, ModelInfo
+from engine.info import (
+    AdapterInfo,
+    AdapterListing,
+    EngineState,
+    EngineStats,
+    LoadedAdapter,
+    ModelInfo,
+    RequestStatus,
+)
 from engine.request import GenerateRequest
 from engine.result import GenerationResult, TextDelta
 
@@ -31,6 +39,10 @@ class GenerationStream(Protocol):
     def __aiter__(self) -> AsyncIterator[TextDelta]: ...
     def abort(self) -> None:
         """Stop generating; the stream then ends with finish_reason 'cancelled'. Idempotent."""
+        ...
+
+    def status(self) -> RequestStatus:
+        """Where the request stands (queued, reading its prompt, generating): for keep-alive messages."""
         ...
 
 

@@ -27,12 +27,13 @@ from engine import (
     SamplingParams,
 )
 from mcp_server.arguments import describe
-from mcp_server.metrics import Metrics
+from mcp_server.metrics import Metered, Metrics
 from mcp_server.schemas import InferenceResult
 
 logger = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 0.1  # progress notifications carry the new text at most this often
+KEEP_ALIVE_S = 5.0  # before any text, a status notification at least this often (clients give up at ~60 s)
 
 LLM_INFERENCE_DESCRIPTION = (
     "Generate text with the server's local language model. Give `prompt` for a single question or "
@@ -89,15 +90,24 @@ def register(mcp: MCPServer, engine: InferenceEngine, metrics: Metrics) -> None:
     async def llm_inference(ctx: Context, **arguments: Any) -> InferenceResult:
         request = _request_from(arguments)
         progress = _Progress(ctx, request.sampling.max_tokens)
+        stream = metrics.generate(engine, request, "mcp", "llm_inference")
+        error: EngineError | None = None
         try:
-            async with metrics.generate(engine, request, "mcp", "llm_inference") as stream:
-                async for delta in stream:
-                    await progress.add(delta.text, delta.completion_tokens)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(progress.keep_alive, stream)
+                try:
+                    async with stream:
+                        async for delta in stream:
+                            await progress.add(delta.text, delta.completion_tokens)
+                except EngineError as exc:
+                    error = exc
+                finally:
+                    tg.cancel_scope.cancel()
         except anyio.get_cancelled_exc_class():
             logger.debug("a request was cancelled by the client")
             raise  # leaving the stream's block has already aborted the engine request
-        except EngineError as exc:
-            raise ToolError(str(exc)) from exc
+        if error is not None:
+            raise ToolError(str(error)) from error
         result = stream.result
         assert result is not None
         await progress.finish(result.usage.completion_tokens)
@@ -122,31 +132,52 @@ def register(mcp: MCPServer, engine: InferenceEngine, metrics: Metrics) -> None:
 
 class _Progress:
     """Progress notifications carrying the new text, at most every PROGRESS_INTERVAL_S; the last one
-    carries whatever text is left and equals the final completion token count."""
+    carries whatever text is left and equals the final completion token count.
+
+    Before any text (queued behind other calls, reading a long prompt), a notification at least every
+    KEEP_ALIVE_S says what is happening ("queued, 3 ahead"), so clients that reset their timeout on
+    progress never give up on a call that is merely waiting. Those have progress below 1 (½, ⅔, ¾, …:
+    progress must grow), text ones the completion token count (≥ 1)."""
 
     def __init__(self, ctx: Context, total: int) -> None:
         self._ctx = ctx
         self._total = total
         self._pending: list[str] = []
-        self._last_report = float("-inf")  # the first text goes out at once
+        self._last_report = time.monotonic()
+        self._text_sent = False
         self._reported = 0
+        self._beats = 0
+        self._lock = anyio.Lock()  # keep-alive and text notifications must go out in progress order
 
     async def add(self, text: str, completion_tokens: int) -> None:
         self._pending.append(text)
-        now = time.monotonic()
-        if now - self._last_report >= PROGRESS_INTERVAL_S:
-            await self._send(completion_tokens)
-            self._last_report = now
+        if not self._text_sent or time.monotonic() - self._last_report >= PROGRESS_INTERVAL_S:
+            await self._send(completion_tokens)  # the first text goes out at once
 
     async def finish(self, completion_tokens: int) -> None:
         if completion_tokens > self._reported or self._pending:
             await self._send(completion_tokens)
 
     async def _send(self, completion_tokens: int) -> None:
-        # Send only the new text: resending all of it grows quadratically.
-        await self._ctx.report_progress(completion_tokens, self._total, "".join(self._pending))
-        self._pending.clear()
-        self._reported = completion_tokens
+        async with self._lock:
+            # Send only the new text: resending all of it grows quadratically.
+            await self._ctx.report_progress(completion_tokens, self._total, "".join(self._pending))
+            self._pending.clear()
+            self._reported = completion_tokens
+            self._text_sent = True
+            self._last_report = time.monotonic()
+
+    async def keep_alive(self, stream: Metered) -> None:
+        while not self._text_sent:
+            await anyio.sleep(max(0.0, self._last_report + KEEP_ALIVE_S - time.monotonic()))
+            async with self._lock:
+                if self._text_sent or time.monotonic() - self._last_report < KEEP_ALIVE_S:
+                    continue
+                self._beats += 1
+                await self._ctx.report_progress(
+                    self._beats / (self._beats + 1), self._total, stream.status().describe()
+                )
+                self._last_report = time.monotonic()
 
 
 def _request_from(arguments: dict[str, Any]) -> GenerateRequest:

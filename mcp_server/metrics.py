@@ -27,6 +27,7 @@ from engine import (
     GenerationResult,
     InferenceEngine,
     InvalidRequest,
+    RequestStatus,
     RequestTimedOut,
     TextDelta,
 )
@@ -147,6 +148,9 @@ class Metered:
 
     def abort(self) -> None:
         self._stream.abort()
+
+    def status(self) -> RequestStatus:
+        return self._stream.status()
 
     async def __aenter__(self) -> Self:
         try:
