@@ -4,6 +4,7 @@ bytes to llama.cpp (from memory: no file I/O between two steps)."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ class CheckedAdapterFile:
     name: str
     file: AdapterFileBytes
     info: AdapterFileInfo
+    sha256: str  # of the bytes llama.cpp is given: what receipts name the adapter by
 
 
 class AdapterFileChecker:
@@ -50,4 +52,4 @@ class AdapterFileChecker:
             base_architecture=self._base_architecture,
             base_shapes=self._base_shapes,
         )
-        return CheckedAdapterFile(name, file, info)
+        return CheckedAdapterFile(name, file, info, hashlib.sha256(file.data).hexdigest())

@@ -61,6 +61,7 @@ class AdapterRegistry:
             name=name,
             path=str(file.path),
             file_size=file.size,
+            sha256=checked.sha256,
             rank=meta.rank,
             alpha=meta.alpha,
             target_modules=meta.target_modules,
@@ -111,6 +112,10 @@ class AdapterRegistry:
             entry = self._loaded[name]  # held adapters cannot be unloaded, so it is still here
             entry.in_flight -= 1
             entry.served += 1
+
+    def fingerprints(self, key: AdapterKey) -> tuple[tuple[str, str, float], ...]:
+        """(name, sha256, scale) of each adapter of a loaded set: for receipts."""
+        return tuple((name, self._loaded[name].info.sha256, scale) for name, scale in key)
 
     def handles(self, key: AdapterKey) -> list[tuple[Any, float]]:
         return [(self._loaded[name].handle, scale) for name, scale in key]

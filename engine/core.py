@@ -121,6 +121,8 @@ class EngineCore:
             return
         self.adapters.acquire(prepared.adapter_key)  # cannot fail: checked above
         seq = Sequence.from_prepared(prepared)
+        seq.adapters_used = self.adapters.fingerprints(prepared.adapter_key)
+        seq.model = (self.runner.info.name, self.runner.info.sha256)
         self._sequences[seq.request_id] = seq
         self.scheduler.add(seq)
 

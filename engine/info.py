@@ -26,6 +26,7 @@ class ModelInfo(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     name: str = Field(description="The served model (its file name).")
+    sha256: str = Field("", description="SHA-256 of the model file (as the Hugging Face Hub lists it).")
     description: str
     architecture: str
     parameters: int
@@ -43,6 +44,7 @@ class AdapterInfo(BaseModel):
     name: str
     path: str = Field(description="The adapter file, inside an adapter directory.")
     file_size: int
+    sha256: str = Field(description="SHA-256 of the adapter file's bytes, as loaded.")
     rank: int
     alpha: float = Field(description="LoRA alpha; the effective scale is scale * alpha / rank.")
     target_modules: tuple[str, ...] = Field(description="Base-model modules it changes (attn_v, ffn_down, …).")

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import hashlib
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import llama_cpp
@@ -44,7 +47,11 @@ class LlamaRunner:
         self.model_path = config.model_path
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = _gpu_layers(config.gpu_layers)
-        model = llama_cpp.llama_model_load_from_file(str(config.model_path).encode(), model_params)
+        # The file's hash (for receipts) is read while llama.cpp loads it: the two share the page cache.
+        with ThreadPoolExecutor(1, thread_name_prefix="loramux-hash") as pool:
+            digest = pool.submit(_sha256, config.model_path)
+            model = llama_cpp.llama_model_load_from_file(str(config.model_path).encode(), model_params)
+            model_sha256 = digest.result()
         if not model:
             raise EngineFailure(f"llama.cpp could not load the model {config.model_path.name}")
         self.model = model
@@ -77,6 +84,7 @@ class LlamaRunner:
         self._samplers: dict[int, LlamaSampler] = {}  # request id → sampler chain
         self.info = ModelInfo(
             name=config.model_path.name,
+            sha256=model_sha256,
             description=self._model_desc(),
             architecture=self._meta_str("general.architecture") or "unknown",
             parameters=llama_cpp.llama_model_n_params(model),
@@ -250,3 +258,11 @@ def _placement(model: llama_cpp.llama_model_p, n_gpu_layers: int) -> dict[str, A
     if not can_offload() or offloaded == 0:
         return {"backend": "CPU", "layers": layers, "gpu_layers": 0}
     return {"backend": ", ".join(gpu_names()), "layers": layers, "gpu_layers": offloaded}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()

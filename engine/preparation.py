@@ -9,6 +9,7 @@ before the core registers a sequence.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 
 from engine.chat_template import ChatTemplate
@@ -48,7 +49,10 @@ class RequestPreparer:
         return PreparedRequest(
             request_id=request_id,
             prompt_tokens=tokens,
-            sampling=request.sampling,
+            # The seed is chosen here when the call gave none, so that its receipt can name it.
+            sampling=request.sampling
+            if request.sampling.seed is not None
+            else request.sampling.model_copy(update={"seed": secrets.randbelow(2**32 - 1)}),
             adapters=request.adapters,
             adapter_key=request.adapter_key,
             max_new_tokens=min(request.sampling.max_tokens, limit - len(tokens)),

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from engine.request import SamplingParams
+
 FinishReason = Literal["stop", "length", "cancelled"]
 
 
@@ -23,6 +25,24 @@ class Timings(BaseModel):
     tokens_per_second: float = Field(description="Completion tokens per second after admission (prefill included).")
 
 
+class AdapterUse(BaseModel):
+    name: str
+    sha256: str = Field(description="SHA-256 of the adapter file the request ran with.")
+    scale: float
+
+
+class Receipt(BaseModel):
+    """What produced a result, enough to replay it: the same model file and adapter files (by hash),
+    the same scales and sampling, the same seed give the same text (outputs do not depend on what
+    else shared the decode steps)."""
+
+    model: str = Field(description="The model file's name.")
+    model_sha256: str
+    adapters: list[AdapterUse] = Field(description="The adapter set, as applied.")
+    seed: int = Field(description="The sampling seed used (chosen at random when the call gave none).")
+    sampling: SamplingParams = Field(description="The sampling settings in force, the seed included.")
+
+
 class GenerationResult(BaseModel):
     text: str = Field(description="The generated text (stop strings are not included).")
     finish_reason: FinishReason = Field(
@@ -31,6 +51,7 @@ class GenerationResult(BaseModel):
     )
     usage: Usage
     timings: Timings
+    receipt: Receipt
 
 
 @dataclass(frozen=True, slots=True)

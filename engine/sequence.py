@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from engine.preparation import PreparedRequest
 from engine.request import AdapterKey, SamplingParams
-from engine.result import FinishReason, GenerationResult, Timings, Usage
+from engine.result import AdapterUse, FinishReason, GenerationResult, Receipt, Timings, Usage
 from engine.text_stream import StopMatcher, Utf8Decoder
 from engine.vocab import Vocab
 
@@ -29,6 +29,8 @@ class Sequence:
     submitted_at: float
     deadline: float
 
+    adapters_used: tuple[tuple[str, str, float], ...] = ()  # (name, sha256, scale), fixed at admission
+    model: tuple[str, str] = ("", "")  # (file name, sha256)
     status: SeqStatus = SeqStatus.WAITING
     seq_id: int = -1
     num_prefilled: int = 0
@@ -128,5 +130,12 @@ class Sequence:
                 ttft_ms=None if self.first_token_at is None else (self.first_token_at - self.submitted_at) * 1000,
                 total_ms=(self.finished_at - self.submitted_at) * 1000,
                 tokens_per_second=n_completion / active if active > 0 else 0.0,
+            ),
+            receipt=Receipt(
+                model=self.model[0],
+                model_sha256=self.model[1],
+                adapters=[AdapterUse(name=n, sha256=h, scale=scale) for n, h, scale in self.adapters_used],
+                seed=self.sampling.seed if self.sampling.seed is not None else 0,
+                sampling=self.sampling,
             ),
         )

@@ -343,7 +343,7 @@ def test_an_adapter_command_that_breaks_fails_alone() -> None:
 
     runner.load_adapter = broken_load  # type: ignore[method-assign]
     checked = CheckedAdapterFile(
-        "x", AdapterFileBytes(Path("x.gguf"), b"", (0, 0)), AdapterFileInfo("fake", 8, 16.0, (), 2)
+        "x", AdapterFileBytes(Path("x.gguf"), b"", (0, 0)), AdapterFileInfo("fake", 8, 16.0, (), 2), "0" * 64
     )
     core.handle(LoadAdapter(1, checked))
     add(core, preparer, 2, "still serving")

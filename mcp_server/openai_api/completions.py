@@ -184,7 +184,7 @@ class _Answer:
         return self._envelope(self._fmt.object) | {
             "choices": [self._fmt.choice("".join(parts), _finish_reason(result))],
             "usage": _usage(result),
-        }
+        } | _provenance(result)
 
     async def chunks(self, stream: Metered) -> AsyncIterator[str]:
         """The stream's events, serialized. A token's chunk is a template filled with its text: every
@@ -211,12 +211,19 @@ class _Answer:
                 yield prefix + json.dumps(delta.text, ensure_ascii=False) + suffix
         result = stream.result
         assert result is not None
-        yield chunk(self._fmt.delta("", first, _finish_reason(result)))
+        yield chunk(self._fmt.delta("", first, _finish_reason(result)), **_provenance(result))
         if self._include_usage:
             yield json.dumps(self._envelope(self._fmt.chunk_object) | {"choices": [], "usage": _usage(result)})
 
 
 _HOLE = "\x00hole\x00"  # a text no token produces, replaced by each token's text
+
+
+def _provenance(result: GenerationResult) -> dict[str, Any]:
+    """OpenAI's `system_fingerprint` (the model file, by hash) and loramux's receipt: the adapters by hash,
+    the seed used and the sampling in force, enough to replay the request exactly."""
+    receipt = result.receipt
+    return {"system_fingerprint": "loramux-" + receipt.model_sha256[:16], "receipt": receipt.model_dump(mode="json")}
 
 
 def _usage(result: GenerationResult) -> dict[str, int]:
