@@ -111,7 +111,7 @@ class EngineCore:
         prepared = command.prepared
         try:
             self.adapters.check(prepared.adapters)
-            self.runner.add_sequence(prepared.request_id, prepared.sampling)
+            self.runner.add_sequence(prepared.request_id, prepared.sampling, prepared.constraint)
         except Exception as exc:
             if not isinstance(exc, EngineError):
                 logger.exception("could not start request %d", prepared.request_id)

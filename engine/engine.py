@@ -42,6 +42,7 @@ from engine.commands import (
     UnloadAdapter,
 )
 from engine.config import EngineConfig
+from engine.constraints import ConstraintCompiler
 from engine.errors import EngineBusy, EngineError, EngineFailure, EngineStopped, InvalidRequest
 from engine.info import (
     AdapterInfo,
@@ -151,11 +152,13 @@ class LlamaEngine:
         vocab = runner.vocab
         source = self.config.chat_template.read_text() if self.config.chat_template else None
         template = ChatTemplate.for_vocab(vocab, source)
+        pointer = getattr(vocab, "pointer", None)  # a llama.cpp vocabulary (not the tests' fake one)
         preparer = RequestPreparer(
             vocab,
             template,
             context_per_request=runner.info.context_per_request,
             timeout=self.config.request_timeout,
+            constraints=ConstraintCompiler(pointer) if pointer is not None else None,
         )
         checker = AdapterFileChecker(
             self._directories, base_architecture=runner.info.architecture, base_shapes=runner.tensor_shapes()

@@ -20,6 +20,7 @@ import llama_cpp
 from engine.adapter_files import AdapterFileBytes
 from engine.adapter_validation import AdapterFileError
 from engine.config import EngineConfig
+from engine.constraints import TokenMask
 from engine.cpu_share import ThreadGovernor
 from engine.devices import can_offload, gpu_names
 from engine.errors import EngineFailure
@@ -111,8 +112,9 @@ class LlamaRunner:
 
     # -- requests ---------------------------------------------------------------------------------------
 
-    def add_sequence(self, request_id: int, sampling: SamplingParams) -> None:
-        self._samplers[request_id] = LlamaSampler(self.ctx, self.vocab.n_tokens, sampling)
+    def add_sequence(self, request_id: int, sampling: SamplingParams, constraint: Any = None) -> None:
+        mask = TokenMask(constraint, self.vocab.n_tokens) if constraint is not None else None
+        self._samplers[request_id] = LlamaSampler(self.ctx, self.vocab.n_tokens, sampling, mask)
 
     def remove_sequence(self, request_id: int | None, seq_id: int | None) -> None:
         sampler = self._samplers.pop(request_id, None)

@@ -13,6 +13,7 @@ class LlamaVocab:
         self._model = model
         self._vocab = llama_cpp.llama_model_get_vocab(model)
         self.n_tokens = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self.pointer = self._vocab  # for llguidance's token table (engine/constraints.py)
         # token → bytes, filled lazily; a dict assignment is atomic under the GIL, and a racing fill
         # writes the same value.
         self._pieces: dict[int, bytes] = {}

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from engine.chat_template import ChatTemplate
+from engine.constraints import ConstraintCompiler
 from engine.errors import InvalidRequest, PromptTooLong
 from engine.request import AdapterKey, AdapterRef, GenerateRequest, SamplingParams
 from engine.vocab import Vocab
@@ -28,14 +30,24 @@ class PreparedRequest:
     max_new_tokens: int  # sampling.max_tokens, clamped to the context left after the prompt
     submitted_at: float
     deadline: float
+    constraint: Any = None  # an llguidance matcher for json_schema / grammar (engine/constraints.py)
 
 
 class RequestPreparer:
-    def __init__(self, vocab: Vocab, template: ChatTemplate, *, context_per_request: int, timeout: float) -> None:
+    def __init__(
+        self,
+        vocab: Vocab,
+        template: ChatTemplate,
+        *,
+        context_per_request: int,
+        timeout: float,
+        constraints: ConstraintCompiler | None = None,
+    ) -> None:
         self._vocab = vocab
         self._template = template
         self._context = context_per_request
         self._timeout = timeout
+        self._constraints = constraints
 
     def prepare(self, request_id: int, request: GenerateRequest, submitted_at: float) -> PreparedRequest:
         tokens = self.tokens(request)
@@ -46,7 +58,13 @@ class RequestPreparer:
                 f"prompt and answer together: shorten the prompt below {limit - 1} tokens "
                 "(or start the server with a larger --context)"
             )
+        constraint = None
+        if request.json_schema is not None or request.grammar is not None:
+            if self._constraints is None:
+                raise InvalidRequest("this engine cannot constrain output: drop json_schema and grammar")
+            constraint = self._constraints.matcher(json_schema=request.json_schema, grammar=request.grammar)
         return PreparedRequest(
+            constraint=constraint,
             request_id=request_id,
             prompt_tokens=tokens,
             # The seed is chosen here when the call gave none, so that its receipt can name it.

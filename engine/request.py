@@ -6,7 +6,7 @@ tool's input schema (mcp_server/inference_tool.py builds its parameters from the
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -14,6 +14,7 @@ MAX_PROMPT_CHARS = 200_000
 MAX_MESSAGES = 512
 MAX_ADAPTERS_PER_REQUEST = 8
 MAX_STOP_STRINGS = 16
+MAX_GRAMMAR_CHARS = 100_000
 
 
 class ChatMessage(BaseModel):
@@ -91,10 +92,26 @@ class GenerateRequest(BaseModel):
         description="LoRA adapters to apply, each with a scale; several mix. Empty for the base model.",
     )
 
+    json_schema: dict[str, Any] | None = Field(
+        None,
+        description="A JSON Schema the output must satisfy: the text is valid JSON for it (unless cut by "
+        "max_tokens), and the result carries the parsed value as `json`.",
+    )
+    grammar: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_GRAMMAR_CHARS,
+        description="A grammar the output must follow: GBNF (llama.cpp's format) or Lark.",
+    )
+
     @model_validator(mode="after")
     def _one_input(self) -> GenerateRequest:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of prompt or messages")
+        if self.json_schema is not None and self.grammar is not None:
+            raise ValueError("give json_schema or grammar, not both")
+        if (self.json_schema is not None or self.grammar is not None) and self.sampling.ignore_eos:
+            raise ValueError("ignore_eos cannot be combined with json_schema or grammar: the output ends where they do")
         names = [a.name for a in self.adapters]
         if len(set(names)) != len(names):
             raise ValueError("each adapter may appear once in a request's adapter set")

@@ -23,7 +23,7 @@ class ModelRunner(Protocol):
         """Base tensor names and shapes, to validate adapters against."""
         ...
 
-    def add_sequence(self, request_id: int, sampling: SamplingParams) -> None:
+    def add_sequence(self, request_id: int, sampling: SamplingParams, constraint: Any = None) -> None:
         """Make the request's sampler; raising here refuses the request alone."""
         ...
 

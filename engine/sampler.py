@@ -6,14 +6,19 @@ import random
 
 import llama_cpp
 
+from engine.constraints import TokenMask
 from engine.request import SamplingParams
 
 
 class LlamaSampler:
-    """One chain per request: penalties → top-k → top-p → min-p → temperature → seeded draw (or greedy)."""
+    """One chain per request: penalties → top-k → top-p → min-p → temperature → seeded draw (or greedy),
+    after the constraint's token mask when the request has one."""
 
-    def __init__(self, ctx: llama_cpp.llama_context_p, n_vocab: int, params: SamplingParams) -> None:
+    def __init__(
+        self, ctx: llama_cpp.llama_context_p, n_vocab: int, params: SamplingParams, mask: TokenMask | None = None
+    ) -> None:
         self._ctx = ctx
+        self._mask = mask  # json_schema / grammar: disallowed tokens' logits become -inf first
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         add = llama_cpp.llama_sampler_chain_add
         penalised = (params.repeat_penalty != 1.0, params.frequency_penalty != 0.0, params.presence_penalty != 0.0)
@@ -44,7 +49,12 @@ class LlamaSampler:
 
     def sample(self, row: int) -> int:
         """Sample from the logits of batch row `row` of the last decode, and accept the token."""
-        return llama_cpp.llama_sampler_sample(self._chain, self._ctx, row)
+        if self._mask is None:
+            return llama_cpp.llama_sampler_sample(self._chain, self._ctx, row)
+        self._mask.apply(llama_cpp.llama_get_logits_ith(self._ctx, row))
+        token = llama_cpp.llama_sampler_sample(self._chain, self._ctx, row)
+        self._mask.accept(token)
+        return token
 
     def close(self) -> None:
         if self._chain:

@@ -7,6 +7,7 @@ descriptions have one source, so the tool and the engine cannot disagree.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import time
 from typing import Annotated, Any, get_args
@@ -23,6 +24,7 @@ from engine import (
     ChatMessage,
     EngineError,
     GenerateRequest,
+    GenerationResult,
     InferenceEngine,
     SamplingParams,
 )
@@ -51,7 +53,8 @@ def _from_field(field: FieldInfo, *, description: str | None = None, optional: b
 
     Scalars are strict: `max_tokens: true` or `raw: "true"` is an error, not 1 token or True."""
     strict = [Strict()] if _is_scalar(field.annotation) else []
-    annotation = Annotated[(field.annotation, *strict, *field.metadata)]
+    extras = (*strict, *field.metadata)
+    annotation = Annotated[(field.annotation, *extras)] if extras else field.annotation
     if optional:
         return Annotated[annotation | None, Field(description=description or field.description)], None
     return Annotated[annotation, Field(description=description or field.description)], field.default
@@ -77,6 +80,8 @@ TOOL_PARAMETERS: dict[str, tuple[Any, Any]] = {
         False,
     ),
     **{name: _from_field(field) for name, field in SamplingParams.model_fields.items()},
+    "json_schema": _from_field(_request["json_schema"]),
+    "grammar": _from_field(_request["grammar"]),
     "adapters": _from_field(_request["adapters"], optional=True),
     "adapter": _from_field(
         AdapterRef.model_fields["name"],
@@ -112,7 +117,12 @@ def register(mcp: MCPServer, engine: InferenceEngine, metrics: Metrics) -> None:
         assert result is not None
         await progress.finish(result.usage.completion_tokens)
         info = engine.model_info
-        return InferenceResult(**result.model_dump(), model=info.name if info else "", adapters=list(request.adapters))
+        return InferenceResult(
+            **result.model_dump(),
+            model=info.name if info else "",
+            adapters=list(request.adapters),
+            json=parsed_json(request, result),
+        )
 
     parameters = [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context)]
     parameters += [
@@ -180,6 +190,21 @@ class _Progress:
                 self._last_report = time.monotonic()
 
 
+def parsed_json(request: GenerateRequest, result: GenerationResult) -> Any:
+    """The value a json_schema request's text holds; a clear error where the text was cut short."""
+    if request.json_schema is None:
+        return None
+    if result.finish_reason == "length":
+        raise ToolError(
+            f"the JSON was cut off after {result.usage.completion_tokens} tokens (max_tokens or the context) "
+            "before it was complete: raise max_tokens, or ask for less"
+        )
+    try:
+        return json.loads(result.text)
+    except ValueError:
+        raise ToolError("the output stopped (at a stop string?) before the JSON was complete: drop `stop`") from None
+
+
 def _request_from(arguments: dict[str, Any]) -> GenerateRequest:
     """Turn the tool's arguments into an engine request, with errors an agent can act on."""
     prompt, messages, system = arguments["prompt"], arguments["messages"], arguments["system"]
@@ -192,15 +217,16 @@ def _request_from(arguments: dict[str, Any]) -> GenerateRequest:
     adapters = arguments["adapters"] or ()
     if arguments["adapter"] is not None:
         adapters = (AdapterRef(name=arguments["adapter"]),)
+    constraint = {"json_schema": arguments["json_schema"], "grammar": arguments["grammar"]}
     try:
         sampling = SamplingParams(**{name: arguments[name] for name in SamplingParams.model_fields})
         if arguments["raw"]:
-            return GenerateRequest(prompt=prompt, sampling=sampling, adapters=adapters)
+            return GenerateRequest(prompt=prompt, sampling=sampling, adapters=adapters, **constraint)
         chat = [ChatMessage(role="user", content=prompt)] if prompt is not None else list(messages)
         if system is not None:
             if chat[0].role == "system":
                 raise ToolError("`system` was given and `messages` already starts with a system message: keep one")
             chat.insert(0, ChatMessage(role="system", content=system))
-        return GenerateRequest(messages=tuple(chat), sampling=sampling, adapters=adapters)
+        return GenerateRequest(messages=tuple(chat), sampling=sampling, adapters=adapters, **constraint)
     except ValidationError as exc:
         raise ToolError(describe(exc)) from exc

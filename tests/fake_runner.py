@@ -83,7 +83,7 @@ class FakeRunner:
     def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
         return {}
 
-    def add_sequence(self, request_id: int, sampling: SamplingParams) -> None:
+    def add_sequence(self, request_id: int, sampling: SamplingParams, constraint: Any = None) -> None:
         if self.failing_sampler_at_start(sampling):
             raise RuntimeError("injected sampler construction failure")
         self.samplers[request_id] = FakeSampler(self.reply)

@@ -258,8 +258,8 @@ async def test_a_request_whose_template_or_sampler_fails_fails_alone(
 
     add_sequence = LlamaRunner.add_sequence
 
-    def add_with_fault(self: LlamaRunner, request_id: int, sampling: SamplingParams) -> None:
-        add_sequence(self, request_id, sampling)
+    def add_with_fault(self: LlamaRunner, request_id: int, sampling: SamplingParams, constraint: object = None) -> None:
+        add_sequence(self, request_id, sampling, constraint)
         if sampling.seed == 13:  # the marked request
             self._samplers[request_id] = ExplodingSampler(self._samplers[request_id], after=5)  # type: ignore[assignment]
 

@@ -82,9 +82,10 @@ class Completions:
             sampling_fields["max_tokens"] = req.max_tokens
         try:
             sampling = SamplingParams(**sampling_fields)
+            constraint = {"json_schema": req.output_schema, "grammar": req.grammar}
             if isinstance(req, CompletionRequest):
-                return GenerateRequest(prompt=req.text, sampling=sampling, adapters=adapters)
-            return GenerateRequest(messages=_chat(req.messages), sampling=sampling, adapters=adapters)
+                return GenerateRequest(prompt=req.text, sampling=sampling, adapters=adapters, **constraint)
+            return GenerateRequest(messages=_chat(req.messages), sampling=sampling, adapters=adapters, **constraint)
         except ValidationError as exc:
             raise invalid(exc) from None
 
@@ -181,10 +182,14 @@ class _Answer:
         parts = [delta.text async for delta in stream]
         result = stream.result
         assert result is not None
-        return self._envelope(self._fmt.object) | {
-            "choices": [self._fmt.choice("".join(parts), _finish_reason(result))],
-            "usage": _usage(result),
-        } | _provenance(result)
+        return (
+            self._envelope(self._fmt.object)
+            | {
+                "choices": [self._fmt.choice("".join(parts), _finish_reason(result))],
+                "usage": _usage(result),
+            }
+            | _provenance(result)
+        )
 
     async def chunks(self, stream: Metered) -> AsyncIterator[str]:
         """The stream's events, serialized. A token's chunk is a template filled with its text: every

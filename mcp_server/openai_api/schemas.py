@@ -59,10 +59,32 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(max_length=64)
+    schema_: dict[str, Any] = Field(alias="schema")
+    description: str | None = None
+    strict: bool | None = None  # always enforced here
+
+
 class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
 
     type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("`json_schema` is required with type json_schema, and only then")
+        return self
+
+    @property
+    def output_schema(self) -> dict[str, Any] | None:
+        if self.type == "json_object":
+            return {"type": "object"}
+        return self.json_schema.schema_ if self.json_schema is not None else None
 
 
 class _Common(BaseModel):
@@ -90,6 +112,8 @@ class _Common(BaseModel):
     repeat_penalty: _like("repeat_penalty")  # type: ignore[valid-type]
     repeat_last_n: _like("repeat_last_n")  # type: ignore[valid-type]
     ignore_eos: bool | None = None
+    json_schema: dict[str, Any] | None = None  # as llama-server takes it (chat: response_format)
+    grammar: str | None = Field(None, min_length=1)
     # loramux: a mix of adapters with scales, like llm_inference's `adapters`
     adapters: list[AdapterRef] | None = None
 
@@ -164,6 +188,10 @@ class CompletionRequest(_Common):
     def text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
+    @property
+    def output_schema(self) -> dict[str, Any] | None:
+        return self.json_schema
+
 
 class ChatCompletionRequest(_Common):
     messages: list[Message] = Field(min_length=1)
@@ -184,18 +212,17 @@ class ChatCompletionRequest(_Common):
     def _no_tool_choice(cls, choice: Any) -> Any:
         return _off(choice, (None, "none"), "tool calling is not supported by this server; omit it")
 
-    @field_validator("response_format")
-    @classmethod
-    def _text_only(cls, fmt: ResponseFormat | None) -> ResponseFormat | None:
-        if fmt is not None and fmt.type != "text":
-            raise ValueError(f"{fmt.type!r} is not supported yet; omit response_format")
-        return fmt
-
     @model_validator(mode="after")
     def _one_limit(self) -> ChatCompletionRequest:
         if None not in (self.max_tokens, self.max_completion_tokens) and self.max_tokens != self.max_completion_tokens:
             raise ValueError("`max_tokens` and `max_completion_tokens` differ; give one of them")
         return self
+
+    @property
+    def output_schema(self) -> dict[str, Any] | None:
+        if self.response_format is not None and self.response_format.output_schema is not None:
+            return self.response_format.output_schema
+        return self.json_schema
 
     @property
     def token_limit(self) -> int | None:
