@@ -51,6 +51,13 @@ class EngineConfig(BaseModel):
     group_steps: int = Field(
         8, ge=1, le=1000, description="Decode steps an adapter group keeps the context before the next group's turn."
     )
+    prefix_cache_cells: int | None = Field(
+        None,
+        ge=0,
+        le=100_000_000,
+        description="KV cells that finished requests' prompts may keep in free slots for later requests with the "
+        "same start and adapter set; unset = half the context's cells, 0 = off.",
+    )
     queue_depth: int = Field(64, ge=0, le=100_000, description="Requests that may wait for a free sequence.")
     request_timeout: float = Field(600.0, gt=0, description="Seconds a request may take, queue wait included.")
     adapter_dirs: tuple[Path, ...] = Field(
@@ -92,6 +99,12 @@ class EngineConfig(BaseModel):
     def context_size(self) -> int:
         """Total KV cells: each sequence gets its own `context_per_sequence` (kv_unified=False)."""
         return self.context_per_sequence * self.max_sequences
+
+    @property
+    def prefix_cache_budget(self) -> int:
+        if self.prefix_cache_cells is None:
+            return self.context_size // 2
+        return self.prefix_cache_cells
 
     @property
     def max_in_flight(self) -> int:

@@ -57,6 +57,7 @@ class EngineCore:
             max_sequences=config.max_sequences,
             batch_tokens=config.batch_tokens,
             group_quantum=config.group_steps,
+            prefix_cache_cells=config.prefix_cache_budget,
         )
         self.adapters = AdapterRegistry(runner)
         self._clock = clock
@@ -177,6 +178,13 @@ class EngineCore:
         for src, _ in plan.moves:
             if src not in running:
                 self.runner.remove_sequence(None, src)
+        # Admissions in this plan may not have had their slot cleared or their cached prefix copied.
+        for reuse in plan.reuses:
+            seq = self.scheduler.running.get(reuse.slot)
+            if seq is not None and seq.admitted_at is not None:
+                self.scheduler.remove(seq)
+                self._end(seq, RequestFailed(seq.request_id, _internal_error()), "requests_failed")
+        self.scheduler.prefix_cache.clear()  # what the slots hold is no longer certain
         self._faulty_steps += 1
         if self._faulty_steps >= REBUILD_AFTER:
             logger.error("%d decode steps failed in a row: rebuilding the model context", self._faulty_steps)
@@ -219,9 +227,19 @@ class EngineCore:
             self._end(seq, RequestFailed(seq.request_id, make_error()), "requests_failed")
 
     def _end(self, seq: Sequence, event: Event, counter: str) -> None:
-        """Free the request's slot state (context cells, sampler) and adapter holds; report how it ended.
-        The scheduler has already let go of it."""
-        self.runner.remove_sequence(seq.request_id, seq.seq_id if seq.status is SeqStatus.RUNNING else None)
+        """Free the request's slot state (sampler; context cells unless the prefix cache keeps them) and
+        adapter holds; report how it ended. The scheduler has already let go of it."""
+        slot = seq.seq_id if seq.status is SeqStatus.RUNNING else None
+        if slot is not None and counter != "requests_failed":
+            # prompt (and answer but its last token, which was never decoded) stay for a later request
+            cached = (
+                seq.prompt_tokens[: seq.num_prefilled]
+                if seq.is_prefilling
+                else seq.prompt_tokens + seq.completion_tokens[:-1]
+            )
+            if self.scheduler.prefix_cache.keep(slot, seq.adapter_key, cached):
+                slot = None
+        self.runner.remove_sequence(seq.request_id, slot)
         self.adapters.release(seq.adapter_key)
         del self._sequences[seq.request_id]
         self._events.append(event)
@@ -237,7 +255,11 @@ class EngineCore:
         return EngineStats(
             running=len(self.scheduler.running),
             waiting=len(self.scheduler.waiting),
-            kv_cells_used=self.runner.kv_cells_used(),
+            kv_cells_used=self.runner.kv_cells_used(self.scheduler.running.keys()),
+            prefix_hits=self.scheduler.prefix_cache.hits,
+            prefix_misses=self.scheduler.prefix_cache.misses,
+            prefix_tokens_saved=self.scheduler.prefix_cache.tokens_saved,
+            prefix_cache_cells=self.scheduler.prefix_cache.cells,
             adapters_loaded=len(self.adapters),
             queued=tuple(s.request_id for s in self.scheduler.waiting),
             reading={

@@ -80,6 +80,10 @@ class EngineStats:
     adapter_switches: int = 0  # steps that changed the adapter set
     context_rebuilds: int = 0  # model contexts rebuilt after repeated faulty steps
     kv_cells_used: int = 0  # context cells held by running requests
+    prefix_hits: int = 0  # admissions that reused a cached prompt prefix
+    prefix_misses: int = 0
+    prefix_tokens_saved: int = 0  # prompt tokens not prefilled thanks to hits
+    prefix_cache_cells: int = 0  # cells of cached prefixes (in free slots)
     adapter_loads: int = 0
     adapter_unloads: int = 0
     adapters_loaded: int = 0

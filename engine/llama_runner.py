@@ -11,6 +11,7 @@ import ctypes.util
 import hashlib
 import logging
 import os
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,14 @@ class LlamaRunner:
         # Separate KV streams per sequence: a sequence attends only over its own cells, and its output
         # does not depend on what else is in the batch.
         ctx_params.kv_unified = False
+        # Flash attention off on the CPU: its kernel takes a tiled path for 64+ query rows of a sequence
+        # and another below, with different sums, and llama.cpp splits a step's tokens into equal
+        # per-sequence micro-batches, so a prompt's rows land in chunks of load-dependent sizes. With it
+        # on, a 360-token prompt's greedy text changed when another request was decoding (measured), and
+        # a reused prompt prefix could not give the same text as a cold prefill. Cost measured here:
+        # prefill ~15% and decode at 1k context ~10% slower. GPU builds keep llama.cpp's choice.
+        if model_params.n_gpu_layers == 0:
+            ctx_params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         ctx_params.no_perf = True
         self._ctx_params = ctx_params
         try:
@@ -126,7 +135,11 @@ class LlamaRunner:
     # -- one step ---------------------------------------------------------------------------------------
 
     def execute(self, plan: StepPlan, adapters: list[tuple[Any, float]]) -> StepOutput:
-        # Moves first and always: the scheduler has already renumbered these sequences.
+        # Slots taken by admission first, then moves, always: the scheduler has already decided them.
+        for reuse in plan.reuses:
+            if reuse.source is not None:  # a cached prefix in another slot: copy it over
+                llama_cpp.llama_memory_seq_cp(self.memory, reuse.source, reuse.slot, -1, -1)
+            llama_cpp.llama_memory_seq_rm(self.memory, reuse.slot, reuse.keep, -1)
         for src, dst in plan.moves:
             # Cross-stream copy: llama.cpp queues it and performs it, in order, before the next compute.
             llama_cpp.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
@@ -161,9 +174,9 @@ class LlamaRunner:
             llama_cpp.llama_set_n_threads(self.ctx, threads, threads)
             self._threads = threads
 
-    def kv_cells_used(self) -> int:
+    def kv_cells_used(self, seq_ids: Iterable[int] | None = None) -> int:
         used = 0
-        for seq_id in range(self.max_sequences):
+        for seq_id in range(self.max_sequences) if seq_ids is None else seq_ids:
             top = llama_cpp.llama_memory_seq_pos_max(self.memory, seq_id)
             if top >= 0:
                 used += top - llama_cpp.llama_memory_seq_pos_min(self.memory, seq_id) + 1

@@ -6,6 +6,7 @@ ever called from the core, on one thread.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from engine.adapter_files import AdapterFileBytes
@@ -42,5 +43,7 @@ class ModelRunner(Protocol):
 
     def load_adapter(self, file: AdapterFileBytes) -> Any: ...
     def free_adapter(self, handle: Any) -> None: ...
-    def kv_cells_used(self) -> int: ...
+    def kv_cells_used(self, seq_ids: Iterable[int] | None = None) -> int:
+        """Cells holding the KV of these sequences (all if None)."""
+        ...
     def close(self) -> None: ...

@@ -15,6 +15,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 
+from engine.prefix_cache import PrefixCache, Reuse
 from engine.request import AdapterKey
 from engine.sequence import SeqStatus, Sequence
 from engine.step import Chunk, StepOutput, StepPlan, StepUpdate
@@ -22,8 +23,17 @@ from engine.vocab import Vocab
 
 
 class Scheduler:
-    def __init__(self, vocab: Vocab, *, max_sequences: int, batch_tokens: int, group_quantum: int = 8) -> None:
+    def __init__(
+        self,
+        vocab: Vocab,
+        *,
+        max_sequences: int,
+        batch_tokens: int,
+        group_quantum: int = 8,
+        prefix_cache_cells: int = 0,
+    ) -> None:
         self._vocab = vocab
+        self.prefix_cache = PrefixCache(prefix_cache_cells)
         self.max_sequences = max_sequences
         self.batch_tokens = batch_tokens
         self.group_quantum = group_quantum  # steps a group keeps the context before another group's turn
@@ -52,7 +62,7 @@ class Scheduler:
     # -- one step ---------------------------------------------------------------------------------------
 
     def schedule(self, now: float) -> StepPlan | None:
-        self._admit(now)
+        reuses = self._admit(now)
         if not self.running:
             return None
         moves = self._compact()
@@ -72,7 +82,7 @@ class Scheduler:
                 )
                 budget -= n
         chunks.sort(key=lambda c: c.seq.seq_id)
-        return StepPlan(key, chunks, moves)
+        return StepPlan(key, chunks, moves, reuses)
 
     def update_from_output(self, plan: StepPlan, output: StepOutput, now: float) -> StepUpdate:
         update = StepUpdate(failed=output.failed)
@@ -95,20 +105,25 @@ class Scheduler:
 
     # -- admission and sequence ids ---------------------------------------------------------------------
 
-    def _admit(self, now: float) -> None:
+    def _admit(self, now: float) -> list[Reuse]:
         n = min(len(self.waiting), len(self._free_seq_ids))
         if not n:
-            return
+            return []
         admitted = [self.waiting.popleft() for _ in range(n)]
         # Seq ids of one adapter group should be consecutive, since a step serves one group and llama.cpp
         # co-batches only consecutive ids (see _compact): hand out ids group by group.
         turn = {key: i for i, key in enumerate(self._group_order)}
         admitted.sort(key=lambda s: (turn.get(s.adapter_key, len(turn)), s.adapter_key))
+        reuses = []
         for seq in admitted:
             seq.seq_id = self._take_seq_id(seq.adapter_key)
             seq.status = SeqStatus.RUNNING
             seq.admitted_at = now
             self.running[seq.seq_id] = seq
+            reuse = self.prefix_cache.admit(seq.seq_id, seq.adapter_key, seq.prompt_tokens)
+            seq.num_prefilled = reuse.keep  # its prefill starts after the shared prefix
+            reuses.append(reuse)
+        return reuses
 
     def _take_seq_id(self, key: AdapterKey) -> int:
         """A free id next to a running member of the same group if there is one, else the lowest free id."""
@@ -169,6 +184,7 @@ class Scheduler:
         return min(free)
 
     def _move(self, src: int, dst: int, moves: list[tuple[int, int]]) -> None:
+        self.prefix_cache.forget(dst)  # a warm free slot: the move overwrites it
         self._free_seq_ids.remove(dst)
         self._free_seq_ids.append(src)
         heapq.heapify(self._free_seq_ids)

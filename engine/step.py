@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from engine.errors import EngineError
+from engine.prefix_cache import Reuse
 from engine.request import AdapterKey
 from engine.sequence import Sequence
 
@@ -26,6 +27,8 @@ class StepPlan:
     # (from, to) seq ids whose state moves before decoding; the scheduler has already renumbered them,
     # so the runner must apply these even when the step has no chunks or its decode fails.
     moves: list[tuple[int, int]] = field(default_factory=list)
+    # what admission does to newly taken slots (clear, or reuse a cached prefix); before the moves
+    reuses: list[Reuse] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:

@@ -236,6 +236,7 @@ class EngineCollector(Collector):
             total = info.context_per_request * info.max_running_requests
             yield _gauge("loramux_kv_cells_total", "KV cache cells of the context.", total)
         yield _gauge("loramux_adapters_loaded", "LoRA adapters loaded.", stats.adapters_loaded)
+        yield _gauge("loramux_prefix_cache_cells", "KV cells holding cached prompt prefixes.", stats.prefix_cache_cells)
         state = GaugeMetricFamily("loramux_engine_state", "1 for the engine's current state.", labels=["state"])
         state.add_metric([self._engine.state.value], 1)
         yield state
@@ -258,6 +259,13 @@ class EngineCollector(Collector):
                 stats.sequence_moves,
             ),
             ("loramux_context_rebuilds", "Model contexts rebuilt after repeated faulty steps.", stats.context_rebuilds),
+            ("loramux_prefix_cache_hits", "Admissions that reused a cached prompt prefix.", stats.prefix_hits),
+            ("loramux_prefix_cache_misses", "Admissions that found no cached prefix.", stats.prefix_misses),
+            (
+                "loramux_prefix_cache_tokens_saved",
+                "Prompt tokens not prefilled thanks to the prefix cache.",
+                stats.prefix_tokens_saved,
+            ),
         ):
             yield CounterMetricFamily(name, help_text, value=value)
         yield _sequences_per_step(stats.sequences_per_step)

@@ -9,7 +9,7 @@ Every executed step is recorded, so tests can see what the scheduler put in it. 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from engine.config import EngineConfig
@@ -99,6 +99,11 @@ class FakeRunner:
         if self.raise_in_execute and plan.chunks:  # before anything, moves included
             self.raise_in_execute -= 1
             raise RuntimeError("injected bug in a decode step")
+        for reuse in plan.reuses:
+            kept = self.kv.get(reuse.slot if reuse.source is None else reuse.source, -1)
+            self.kv[reuse.slot] = min(kept, reuse.keep - 1)
+            if self.kv[reuse.slot] < 0:
+                del self.kv[reuse.slot]
         for src, dst in plan.moves:
             self.moves.append((src, dst))
             self.kv[dst] = self.kv.pop(src)
@@ -136,8 +141,9 @@ class FakeRunner:
     def free_adapter(self, handle: object) -> None:
         pass
 
-    def kv_cells_used(self) -> int:
-        return sum(pos + 1 for pos in self.kv.values())
+    def kv_cells_used(self, seq_ids: Iterable[int] | None = None) -> int:
+        wanted = self.kv if seq_ids is None else set(seq_ids)
+        return sum(pos + 1 for seq_id, pos in self.kv.items() if seq_id in wanted)
 
     def close(self) -> None:
         self.closed = True

@@ -380,3 +380,61 @@ async def test_a_template_that_rewrites_message_text_is_refused_clearly(engine: 
     preparer = template_preparer(engine, UPPERCASING)
     with pytest.raises(InvalidRequest, match="rewrites message text"):
         preparer.tokens(chat("hi</s>[INST]"))  # type: ignore[attr-defined]
+
+
+SYSTEM = " ".join(f"Rule {i}: answer politely, briefly and accurately about topic number {i}." for i in range(20))
+
+
+def with_system(question: str, *adapters: str, **sampling: object) -> GenerateRequest:
+    messages = (ChatMessage(role="system", content=SYSTEM), ChatMessage(role="user", content=question))
+    params = SamplingParams(**({"temperature": 0.0, "max_tokens": 24} | sampling))  # type: ignore[arg-type]
+    return GenerateRequest(messages=messages, sampling=params, adapters=tuple(AdapterRef(name=a) for a in adapters))
+
+
+async def test_a_prefix_cache_hit_gives_the_same_greedy_text_alone_and_in_a_batch() -> None:
+    questions = ["What is rule 3?", "Summarise rule 7.", "Is rule 12 important?", "Name a rule."]
+    async with Engine(EngineConfig(max_sequences=4, context_per_sequence=1024, prefix_cache_cells=0)) as cold:
+        expected = [(await cold.complete(with_system(q))).text for q in questions]
+        assert cold.stats().prefix_hits == 0
+    async with Engine(EngineConfig(max_sequences=4, context_per_sequence=1024)) as warm:
+        await warm.complete(with_system("Hello."))  # leaves the system prompt's KV in a free slot
+        alone = [(await warm.complete(with_system(q))).text for q in questions]
+        hits = warm.stats().prefix_hits
+        assert hits == len(questions) and warm.stats().prefix_tokens_saved > 300 * hits
+        batched: dict[int, str] = {}
+
+        async def one(i: int) -> None:
+            batched[i] = (await warm.complete(with_system(questions[i]))).text
+
+        async with anyio.create_task_group() as tg:
+            for i in range(len(questions)):
+                tg.start_soon(one, i)
+        assert warm.stats().prefix_hits > hits
+    assert alone == expected
+    assert [batched[i] for i in range(len(questions))] == expected
+
+
+async def test_no_prefix_hit_crosses_adapter_sets() -> None:
+    async with Engine(EngineConfig(max_sequences=4, context_per_sequence=1024)) as eng:
+        await eng.load_adapter("caps", "caps.gguf")
+        base = await eng.complete(with_system("What is rule 3?"))
+        caps_cold = await eng.complete(with_system("What is rule 3?", "caps"))
+        assert eng.stats().prefix_hits == 0  # the base model's cached prefix is not the adapter's
+        caps_warm = await eng.complete(with_system("What is rule 3?", "caps"))
+        assert eng.stats().prefix_hits == 1
+        assert caps_warm.text == caps_cold.text != base.text
+
+
+async def test_a_long_prompts_greedy_text_does_not_depend_on_other_requests_decoding() -> None:
+    """Found with the prefix cache: with flash attention on, llama.cpp split a prompt's rows by what else
+    was in the step, and the CPU kernel's sums depend on that split; it is off on the CPU now."""
+    async with Engine(EngineConfig(max_sequences=4, context_per_sequence=1024, prefix_cache_cells=0)) as eng:
+        alone = (await eng.complete(with_system("Summarise rule 7.", max_tokens=40))).text
+        async with anyio.create_task_group() as tg:
+            counting = SamplingParams(max_tokens=300, ignore_eos=True)
+            background = GenerateRequest(prompt="Count slowly.", sampling=counting)
+            tg.start_soon(eng.complete, background)
+            while eng.stats().running == 0:  # noqa: ASYNC110 (the engine's stats, no event to wait on)
+                await anyio.sleep(0.01)
+            under_load = (await eng.complete(with_system("Summarise rule 7.", max_tokens=40))).text
+    assert under_load == alone

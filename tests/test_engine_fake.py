@@ -38,6 +38,7 @@ class Clock:
 
 def make_core(**overrides: object) -> tuple[EngineCore, FakeRunner, RequestPreparer, Clock]:
     reply = overrides.pop("reply", b"hello world")
+    overrides.setdefault("prefix_cache_cells", 0)  # these tests count every cell; the cache's own set it
     config = EngineConfig(**overrides)  # type: ignore[arg-type]
     runner = FakeRunner(config, reply=reply)  # type: ignore[arg-type]
     clock = Clock()
@@ -384,3 +385,44 @@ def test_outbox_hands_over_first_text_and_ends_at_once_and_holds_later_text_brie
     assert len(batches) == 4 and len(batches[3]) == 2
     step(RequestOutput(2, TextDelta("y", 2)), final=True)  # the core has no more work: at once
     assert len(batches) == 5
+
+
+def test_a_prompt_sharing_a_finished_requests_start_prefills_only_the_rest() -> None:
+    core, runner, preparer, _ = make_core(max_sequences=2, prefix_cache_cells=4096)
+    system = "You are a helpful assistant who answers briefly. " * 2  # FakeVocab: one token per byte
+    add(core, preparer, 1, system + "First question?")
+    run_until_idle(core)
+    add(core, preparer, 2, system + "Second one?")
+    run_until_idle(core)
+    first_chunk = next(step for step in runner.steps if step[0][0] == 2)[0]
+    assert first_chunk[2] == len(system)  # (request, n tokens, start position, samples): after the shared part
+    stats = core.stats()
+    assert (stats.prefix_hits, stats.prefix_tokens_saved) == (1, len(system))
+    assert stats.prompt_tokens == len(system + "First question?") + len("Second one?")
+    assert stats.kv_cells_used == 0 and stats.prefix_cache_cells > 0  # cached cells are not "in use"
+
+
+def test_no_prefix_hit_crosses_adapter_sets_or_falls_below_the_minimum() -> None:
+    from pathlib import Path
+
+    from engine import AdapterRef
+    from engine.adapter_files import AdapterFileBytes
+    from engine.adapter_loading import CheckedAdapterFile
+    from engine.adapter_validation import AdapterFileInfo
+    from engine.commands import LoadAdapter
+
+    core, runner, preparer, _ = make_core(max_sequences=2, prefix_cache_cells=4096)
+    core.handle(LoadAdapter(1, CheckedAdapterFile(
+        "a", AdapterFileBytes(Path("a.gguf"), b"", (0, 0)), AdapterFileInfo("fake", 8, 16.0, (), 2), "0" * 64
+    )))  # fmt: skip
+    system = "Shared instructions for every call, long enough. " * 2
+    add(core, preparer, 1, system + "one")
+    run_until_idle(core)
+    request = GenerateRequest(prompt=system + "two", adapters=(AdapterRef(name="a"),))
+    core.handle(AddRequest(preparer.prepare(2, request, 0.0)))
+    run_until_idle(core)
+    add(core, preparer, 3, "short")  # shares nothing
+    run_until_idle(core)
+    stats = core.stats()
+    assert stats.prefix_hits == 0 and stats.prefix_misses == 3
+    assert all(step[0][2] == 0 for step in runner.steps if step[0][0] in (2, 3) and step[0][1] > 1)
