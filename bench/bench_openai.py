@@ -206,7 +206,9 @@ def report(results: dict, args: argparse.Namespace) -> str:
         "# loramux OpenAI endpoint vs llama-server",
         "",
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, {os.cpu_count()} cores, "
-        f"`python -m bench.bench_openai --repeats {args.repeats} --max-tokens {args.max_tokens}`. "
+        f"`python -m bench.bench_openai --repeats {args.repeats} --max-tokens {args.max_tokens}"
+        + (f" --server-args='{args.server_args}'" if args.server_args else "")
+        + "`. "
         f"Same model (SmolLM2-135M-Instruct Q4_1), {SLOTS} slots of {CONTEXT} tokens each, {args.threads} threads, "
         "llama.cpp from llama-cpp-python 0.3.36's sources for both (GGML_LLAMAFILE=OFF). Streaming "
         "`/v1/completions`, greedy, `ignore_eos`, no prompt cache. Interleaved rounds; ratio = median of "

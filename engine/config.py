@@ -45,6 +45,11 @@ class EngineConfig(BaseModel):
         "backend and sees a GPU, else 0 (CPU only).",
     )
     threads: int = Field(default_factory=_default_threads, ge=1, le=256, description="Most llama.cpp threads.")
+    flash_attention: bool = Field(
+        False,
+        description="Use llama.cpp's flash attention on the CPU: faster, but a prompt's output then depends on what "
+        "else shares its steps, and a prefix-cache hit may change it (GPU builds always use llama.cpp's choice).",
+    )
     adaptive_threads: bool = Field(
         True, description="Use fewer threads while other processes keep cores busy (engine/cpu_share.py)."
     )

@@ -75,8 +75,9 @@ class LlamaRunner:
         # per-sequence micro-batches, so a prompt's rows land in chunks of load-dependent sizes. With it
         # on, a 360-token prompt's greedy text changed when another request was decoding (measured), and
         # a reused prompt prefix could not give the same text as a cold prefill. Cost measured here:
-        # prefill ~15% and decode at 1k context ~10% slower. GPU builds keep llama.cpp's choice.
-        if model_params.n_gpu_layers == 0:
+        # prefill ~15% and decode at 1k context ~10% slower (--flash-attention turns it back on).
+        # GPU builds keep llama.cpp's choice.
+        if model_params.n_gpu_layers == 0 and not config.flash_attention:
             ctx_params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         ctx_params.no_perf = True
         self._ctx_params = ctx_params

@@ -130,6 +130,14 @@ class Settings(BaseSettings):
         "are in `/metrics` and `loramux://stats`",
         metavar="N", shown_default="half the context's cells", engine="prefix_cache_cells",
     )  # fmt: skip
+    flash_attention: bool = option(
+        "use llama.cpp's flash attention on the CPU. Off by default: its CPU kernel sums a prompt's rows "
+        "differently by how many share a micro-batch, so with it a prompt's output can change with what else "
+        "runs, and a prefix-cache hit can change it too. On: measured 10–20% more throughput "
+        "([bench/results/openai_vs_llama_server.md](bench/results/openai_vs_llama_server.md)). GPU builds use "
+        "llama.cpp's choice",
+        default=False, engine="flash_attention",
+    )  # fmt: skip
     queue_depth: int = option(
         "requests that may wait for a free sequence; past that, calls get an immediate busy error (HTTP 429 with "
         "`Retry-After` on the OpenAI routes)",

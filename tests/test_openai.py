@@ -321,6 +321,7 @@ def test_metrics_count_requests_tokens_and_adapters(client: openai.OpenAI, base_
     assert sample(after, "loramux_adapters_loaded") >= 1 and sample(after, "loramux_adapter_loads_total") >= 1
     assert sample(after, "loramux_kv_cells_total") == 4 * 2048
     assert sample(after, "loramux_engine_state", state="ready") == 1
+    assert {"loramux_prefix_cache_hits_total", "loramux_prefix_cache_tokens_saved_total"} <= {name for name, _ in after}
     assert {"loramux_requests_running", "loramux_requests_waiting", "loramux_kv_cells_used"} <= {
         name for name, _ in after
     }
