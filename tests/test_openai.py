@@ -422,3 +422,27 @@ def test_adapter_set_labels_are_capped() -> None:
     assert labels((("caps", 0.5), ("short", 1.0))) == "caps@0.5+short@1"
     assert labels((("x", 1.0),)) == OVERFLOW_LABEL  # a third set: over the cap
     assert labels((("caps", 1.0),)) == "caps" and labels(()) == "base"  # known ones keep theirs
+
+
+def test_a_queued_stream_gets_keep_alive_comments() -> None:
+    import socket
+
+    with http_server("--max-sequences", "1") as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        long = client.completions.create(
+            model=BASE_MODEL, prompt="Write an essay.", max_tokens=1500, stream=True, extra_body={"ignore_eos": True}
+        )
+        next(iter(long))  # it holds the only sequence
+        port = int(url.rsplit(":", 1)[1])
+        body = json.dumps({"model": BASE_MODEL, "prompt": "Hi", "max_tokens": 2, "stream": True}).encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(
+                b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            received = b""
+            deadline = time.monotonic() + 12
+            while b": queued" not in received and time.monotonic() < deadline:
+                received += sock.recv(4096)
+        long.close()
+    assert b": queued, next in line" in received, received

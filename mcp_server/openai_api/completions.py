@@ -36,6 +36,8 @@ from mcp_server.openai_api.schemas import ChatCompletionRequest, CompletionReque
 
 logger = logging.getLogger(__name__)
 
+KEEP_ALIVE_S = 5.0  # a queued stream's SSE comment at least this often, as the MCP tool's progress
+
 # Omitted max_tokens on chat means "until the model stops or the context is full", as OpenAI's does.
 UNTIL_CONTEXT_FULL = SamplingParams.model_fields["max_tokens"].metadata[-1].le
 
@@ -293,3 +295,33 @@ class _EventStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             await self._generation.__aexit__(None, None, None)
+
+    async def stream_response(self, send: Send) -> None:
+        """Starlette's, plus an SSE comment (`: queued, 2 ahead`) at least every KEEP_ALIVE_S while the
+        request has no text yet, so proxies and clients with idle timeouts keep the stream open.
+        Clients ignore comment lines."""
+        lock = anyio.Lock()  # one ASGI send at a time
+        last_sent = time.monotonic()
+
+        async def body(chunk: bytes) -> None:
+            nonlocal last_sent
+            async with lock:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                last_sent = time.monotonic()
+
+        async def keep_alive() -> None:
+            while True:
+                await anyio.sleep(max(0.0, last_sent + KEEP_ALIVE_S - time.monotonic()))
+                status = self._generation.status()
+                if status.phase == "generating":
+                    return
+                if time.monotonic() - last_sent >= KEEP_ALIVE_S:
+                    await body(f": {status.describe()}\n\n".encode())
+
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(keep_alive)
+            async for chunk in self.body_iterator:
+                await body(chunk.encode() if isinstance(chunk, str) else bytes(chunk))
+            tg.cancel_scope.cancel()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
