@@ -11,15 +11,13 @@ ratio = constrained tok/s / plain tok/s within each repeat, then the median.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
 
+from bench.report import run_stamp, save_report
 from engine import ChatMessage, Engine, EngineConfig, GenerateRequest, SamplingParams
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,11 +74,12 @@ def main() -> None:
     args = p.parse_args()
     runs = anyio.run(compare, args.repeats)
     ratio = statistics.median(c / q for c, q in runs)
-    table = "\n".join(
+    save_report(
+        args.out,
         [
             "# Decode throughput with a JSON Schema vs without",
             "",
-            f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, {os.cpu_count()} cores, "
+            f"{run_stamp()}, "
             f"`python -m bench.bench_constrained --repeats {args.repeats}`. 8 concurrent requests on the in-process "
             "engine (SmolLM2-135M Q4_1), greedy; the plain runs generate exactly as many tokens per request as the "
             "constrained ones did. llguidance computes each step's token mask (engine/constraints.py).",
@@ -90,11 +89,8 @@ def main() -> None:
             *(f"| {i + 1} | {c:.1f} | {q:.1f} | {c / q:.2f}x |" for i, (c, q) in enumerate(runs)),
             "",
             f"Median ratio: **{ratio:.2f}x**.",
-            "",
-        ]
+        ],
     )
-    args.out.write_text(table)
-    print(table)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
 import subprocess
 import tempfile
@@ -31,11 +30,12 @@ import urllib.request
 from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from bench.bench_adapters import TARGETS
+from bench.bench_batching import pct
+from bench.report import run_stamp, save_report
 from engine.default_model import default_model_path
 from tests.adapter_factory import write_lora
 from tests.http_server import free_port, http_server
@@ -178,11 +178,6 @@ def llama_server(port: int, threads: int, loras: list[Path]) -> Any:
         proc.wait()
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 async def compare(
     targets_for: Callable[[int], list[Target]], cases: list[tuple[int, int]], repeats: int, max_tokens: int
 ) -> dict:
@@ -201,11 +196,11 @@ async def compare(
     return results
 
 
-def report(results: dict, args: argparse.Namespace) -> str:
+def report(results: dict, args: argparse.Namespace) -> list[str]:
     lines = [
         "# loramux OpenAI endpoint vs llama-server",
         "",
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, {os.cpu_count()} cores, "
+        f"{run_stamp()}, "
         f"`python -m bench.bench_openai --repeats {args.repeats} --max-tokens {args.max_tokens}"
         + (f" --server-args='{args.server_args}'" if args.server_args else "")
         + "`. "
@@ -229,13 +224,13 @@ def report(results: dict, args: argparse.Namespace) -> str:
 
         def ttft(rs: list[Round]) -> str:
             all_ttfts = [t for r in rs for t in r.ttfts]
-            return f"{percentile(all_ttfts, 0.5) * 1000:.0f} / {percentile(all_ttfts, 0.99) * 1000:.0f}"
+            return f"{pct(all_ttfts, 50) * 1000:.0f} / {pct(all_ttfts, 99) * 1000:.0f}"
 
         lines.append(
             f"| {n} | {adapters or '-'} | {tps(ours)} | {tps(theirs)} | **{ratio:.2f}x** | {ttft(ours)} | "
             f"{ttft(theirs)} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main() -> None:
@@ -291,9 +286,7 @@ def main() -> None:
             return [ours_target, lora]
 
         results = asyncio.run(compare(targets_for, cases, args.repeats, args.max_tokens))
-    table = report(results, args)
-    args.out.write_text(table)
-    print(table)
+    save_report(args.out, report(results, args))
 
 
 if __name__ == "__main__":

@@ -11,14 +11,12 @@ greedy texts of both engines are compared: a hit must not change the output.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
-from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
 
+from bench.report import run_stamp, save_report
 from engine import ChatMessage, Engine, EngineConfig, GenerateRequest, GenerationResult, SamplingParams
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,11 +57,12 @@ def main() -> None:
     ratios = [m.timings.ttft_ms / h.timings.ttft_ms for h, m in zip(hits, misses, strict=True)]  # type: ignore[operator]
     ttft_hit = statistics.median(h.timings.ttft_ms for h in hits)  # type: ignore[type-var]
     ttft_cold = statistics.median(m.timings.ttft_ms for m in misses)  # type: ignore[type-var]
-    table = "\n".join(
+    save_report(
+        args.out,
         [
             "# Prefix cache: TTFT with a shared ~1,000-token system prompt",
             "",
-            f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, {os.cpu_count()} cores, "
+            f"{run_stamp()}, "
             f"`python -m bench.bench_prefix_cache`. SmolLM2-135M Q4_1 on the CPU, prompts of {prompt_tokens} tokens "
             f"({len(QUESTIONS)} questions after one system prompt), greedy, 16 tokens; calls alternate between an "
             "engine with the prefix cache and one without.",
@@ -75,11 +74,8 @@ def main() -> None:
             "",
             f"Speed-up on a hit: median **{statistics.median(ratios):.1f}x** (range {min(ratios):.1f}–"
             f"{max(ratios):.1f}x). Greedy texts identical with and without the cache: **{same}**.",
-            "",
-        ]
+        ],
     )
-    args.out.write_text(table)
-    print(table)
 
 
 if __name__ == "__main__":

@@ -84,8 +84,8 @@ class AdapterRegistry:
         del self._loaded[name]
         return entry.public()
 
-    def __len__(self) -> int:
-        return len(self._loaded)
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._loaded)
 
     def list(self) -> list[AdapterInfo]:
         return [e.public() for e in self._loaded.values()]

@@ -69,7 +69,7 @@ def _compile(kind: str, text: str) -> str:
     ignore are refused: a schema must mean what it says."""
     try:
         grammar = llguidance.grammar_from(kind, text)
-    except (ValueError, Exception) as exc:  # its GBNF converter raises bare Exceptions
+    except Exception as exc:  # ValueError, and bare Exceptions from its GBNF converter
         raise InvalidRequest(_describe(kind, str(exc))) from None
     _, warnings = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
     unsupported = [w for w in warnings if "Unimplemented" in w or "unsupported" in w.lower()]

@@ -96,7 +96,7 @@ class EngineCore:
             if seq is not None:  # aborts are idempotent: a finished request is already gone
                 seq.cancel(self._clock())
                 self.scheduler.remove(seq)
-                self._end(seq, RequestFinished(seq.request_id, seq.result()), "requests_cancelled")
+                self._end(seq, RequestFinished(seq.request_id, seq.result(self.runner.info)), "requests_cancelled")
         elif isinstance(command, AdapterCommand):
             try:
                 result = self._adapter_command(command)
@@ -123,7 +123,6 @@ class EngineCore:
         self.adapters.acquire(prepared.adapter_key)  # cannot fail: checked above
         seq = Sequence.from_prepared(prepared)
         seq.adapters_used = self.adapters.fingerprints(prepared.adapter_key)
-        seq.model = (self.runner.info.name, self.runner.info.sha256)
         self._sequences[seq.request_id] = seq
         self.scheduler.add(seq)
 
@@ -150,7 +149,8 @@ class EngineCore:
         if plan is not None:
             try:
                 output = self.runner.execute(plan, self.adapters.handles(plan.adapter_key))
-                update = self.scheduler.update_from_output(plan, output, self._clock())
+                done_at = self._clock()
+                update = self.scheduler.update_from_output(plan, output, done_at)
             except Exception:
                 # A bug, not a bad request (the runner reports those in output.failed): fail this step's
                 # requests, keep serving the others.
@@ -158,7 +158,7 @@ class EngineCore:
                 self._recover(plan)
             else:
                 self._faulty_steps = 0
-                self._record(plan, output, update)
+                self._record(plan, output, update, done_at)
         return self.take_events()
 
     def _recover(self, plan: StepPlan) -> None:
@@ -181,7 +181,7 @@ class EngineCore:
         # Admissions in this plan may not have had their slot cleared or their cached prefix copied.
         for reuse in plan.reuses:
             seq = self.scheduler.running.get(reuse.slot)
-            if seq is not None and seq.admitted_at is not None:
+            if seq is not None:
                 self.scheduler.remove(seq)
                 self._end(seq, RequestFailed(seq.request_id, _internal_error()), "requests_failed")
         self.scheduler.prefix_cache.clear()  # what the slots hold is no longer certain
@@ -193,7 +193,7 @@ class EngineCore:
             self._faulty_steps = 0
             self._counts["context_rebuilds"] += 1
 
-    def _record(self, plan: StepPlan, output: StepOutput, update: StepUpdate) -> None:
+    def _record(self, plan: StepPlan, output: StepOutput, update: StepUpdate, done_at: float) -> None:
         counts = self._counts
         counts["sequence_moves"] += len(plan.moves)
         if not plan.chunks:
@@ -203,11 +203,10 @@ class EngineCore:
         counts["tokens_generated"] += len(output.sampled)
         counts["prompt_tokens"] += update.prompt_tokens
         self._histogram[len(plan.chunks)] += 1
-        now = self._clock()
         for seq, text in update.deltas:
-            self._events.append(RequestOutput(seq.request_id, TextDelta(text, len(seq.completion_tokens), now)))
+            self._events.append(RequestOutput(seq.request_id, TextDelta(text, len(seq.completion_tokens), done_at)))
         for seq in update.finished:
-            self._end(seq, RequestFinished(seq.request_id, seq.result()), "requests_finished")
+            self._end(seq, RequestFinished(seq.request_id, seq.result(self.runner.info)), "requests_finished")
         for seq, error in update.failed:
             self._end(seq, RequestFailed(seq.request_id, error), "requests_failed")
 
@@ -260,7 +259,7 @@ class EngineCore:
             prefix_misses=self.scheduler.prefix_cache.misses,
             prefix_tokens_saved=self.scheduler.prefix_cache.tokens_saved,
             prefix_cache_cells=self.scheduler.prefix_cache.cells,
-            adapters_loaded=len(self.adapters),
+            adapter_names=self.adapters.names(),
             queued=tuple(s.request_id for s in self.scheduler.waiting),
             reading={
                 s.request_id: (s.num_prefilled, s.num_prompt_tokens)

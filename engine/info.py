@@ -86,7 +86,7 @@ class EngineStats:
     prefix_cache_cells: int = 0  # cells of cached prefixes (in free slots)
     adapter_loads: int = 0
     adapter_unloads: int = 0
-    adapters_loaded: int = 0
+    adapter_names: tuple[str, ...] = ()  # the loaded adapters
     # sequences_per_step[n] = number of decode steps that carried n sequences
     sequences_per_step: dict[int, int] = field(default_factory=dict)
     # requests not generating yet: queued ones (request ids, first in line first) and those reading

@@ -48,7 +48,8 @@ class LlamaRunner:
         llama_cpp.llama_backend_init()
         self.model_path = config.model_path
         model_params = llama_cpp.llama_model_default_params()
-        model_params.n_gpu_layers = _gpu_layers(config.gpu_layers)
+        offload = can_offload()  # enumerates ggml's devices: once
+        model_params.n_gpu_layers = _gpu_layers(config.gpu_layers, offload)
         # The file's hash (for receipts) is read while llama.cpp loads it: the two share the page cache.
         with ThreadPoolExecutor(1, thread_name_prefix="loramux-hash") as pool:
             digest = pool.submit(_sha256, config.model_path)
@@ -102,7 +103,7 @@ class LlamaRunner:
             size_bytes=llama_cpp.llama_model_size(model),
             context_per_request=llama_cpp.llama_n_ctx_seq(ctx),
             max_running_requests=config.max_sequences,
-            **_placement(model, model_params.n_gpu_layers),
+            **_placement(model, model_params.n_gpu_layers, offload),
         )
 
     def _new_context(self) -> None:
@@ -255,11 +256,11 @@ class LlamaRunner:
         llama_cpp.llama_model_free(self.model)
 
 
-def _gpu_layers(asked: int | None) -> int:
+def _gpu_layers(asked: int | None, offload: bool) -> int:
     """llama.cpp's n_gpu_layers for the option: unset = all (-1) where the build can offload, else 0."""
     if asked is None:
-        return -1 if can_offload() else 0
-    if asked > 0 and not can_offload():
+        return -1 if offload else 0
+    if asked > 0 and not offload:
         raise EngineFailure(
             f"--gpu-layers {asked} asks for GPU offload, but this llama.cpp build has no GPU backend or sees no "
             "GPU: build it for your GPU (README: GPU offload, LORAMUX_LLAMA_CMAKE_ARGS) or use --gpu-layers 0"
@@ -267,11 +268,11 @@ def _gpu_layers(asked: int | None) -> int:
     return asked
 
 
-def _placement(model: llama_cpp.llama_model_p, n_gpu_layers: int) -> dict[str, Any]:
+def _placement(model: llama_cpp.llama_model_p, n_gpu_layers: int, offload: bool) -> dict[str, Any]:
     """Where the model's layers went, as llama.cpp places them: the last n_gpu_layers on the GPU."""
     layers = llama_cpp.llama_model_n_layer(model) + 1  # llama.cpp counts the output layer too
     offloaded = layers if n_gpu_layers < 0 else min(n_gpu_layers, layers)
-    if not can_offload() or offloaded == 0:
+    if not offload or offloaded == 0:
         return {"backend": "CPU", "layers": layers, "gpu_layers": 0}
     return {"backend": ", ".join(gpu_names()), "layers": layers, "gpu_layers": offloaded}
 

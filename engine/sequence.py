@@ -7,6 +7,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from engine.info import ModelInfo
 from engine.preparation import PreparedRequest
 from engine.request import AdapterKey, SamplingParams
 from engine.result import AdapterUse, FinishReason, GenerationResult, Receipt, Timings, Usage
@@ -30,7 +31,6 @@ class Sequence:
     deadline: float
 
     adapters_used: tuple[tuple[str, str, float], ...] = ()  # (name, sha256, scale), fixed at admission
-    model: tuple[str, str] = ("", "")  # (file name, sha256)
     status: SeqStatus = SeqStatus.WAITING
     seq_id: int = -1
     num_prefilled: int = 0
@@ -112,7 +112,8 @@ class Sequence:
         self.finish_reason = reason
         self.finished_at = now
 
-    def result(self) -> GenerationResult:
+    def result(self, model: ModelInfo) -> GenerationResult:
+        """The result, with a receipt naming `model` (the served model's file and hash)."""
         assert self.finish_reason is not None and self.finished_at is not None
         admitted = self.admitted_at if self.admitted_at is not None else self.finished_at
         active = self.finished_at - admitted
@@ -132,8 +133,8 @@ class Sequence:
                 tokens_per_second=n_completion / active if active > 0 else 0.0,
             ),
             receipt=Receipt(
-                model=self.model[0],
-                model_sha256=self.model[1],
+                model=model.name,
+                model_sha256=model.sha256,
                 adapters=[AdapterUse(name=n, sha256=h, scale=scale) for n, h, scale in self.adapters_used],
                 seed=self.sampling.seed if self.sampling.seed is not None else 0,
                 sampling=self.sampling,

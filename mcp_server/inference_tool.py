@@ -26,16 +26,17 @@ from engine import (
     GenerateRequest,
     GenerationResult,
     InferenceEngine,
+    RequestStatus,
     SamplingParams,
 )
 from mcp_server.arguments import describe
+from mcp_server.keep_alive import keep_alive
 from mcp_server.metrics import Metered, Metrics
 from mcp_server.schemas import InferenceResult
 
 logger = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 0.1  # progress notifications carry the new text at most this often
-KEEP_ALIVE_S = 5.0  # before any text, a status notification at least this often (clients give up at ~60 s)
 
 LLM_INFERENCE_DESCRIPTION = (
     "Generate text with the server's local language model. Give `prompt` for a single question or "
@@ -178,16 +179,15 @@ class _Progress:
             self._last_report = time.monotonic()
 
     async def keep_alive(self, stream: Metered) -> None:
-        while not self._text_sent:
-            await anyio.sleep(max(0.0, self._last_report + KEEP_ALIVE_S - time.monotonic()))
-            async with self._lock:
-                if self._text_sent or time.monotonic() - self._last_report < KEEP_ALIVE_S:
-                    continue
-                self._beats += 1
-                await self._ctx.report_progress(
-                    self._beats / (self._beats + 1), self._total, stream.status().describe()
-                )
-                self._last_report = time.monotonic()
+        await keep_alive(stream, lambda: self._last_report, self._beat)
+
+    async def _beat(self, status: RequestStatus) -> None:
+        async with self._lock:
+            if self._text_sent:  # the text overtook this status
+                return
+            self._beats += 1
+            await self._ctx.report_progress(self._beats / (self._beats + 1), self._total, status.describe())
+            self._last_report = time.monotonic()
 
 
 def parsed_json(request: GenerateRequest, result: GenerationResult) -> Any:

@@ -141,6 +141,7 @@ class Metered:
         self._itl = metrics.itl.labels(interface, self._adapter_set)  # looked up once: observed per token
         self._last_token_at: float | None = None
         self._tokens = 0
+        self._failure: BaseException | None = None  # what ended the iteration, if it raised
 
     @property
     def result(self) -> GenerationResult | None:
@@ -172,6 +173,14 @@ class Metered:
         return self._deltas()
 
     async def _deltas(self) -> AsyncIterator[TextDelta]:
+        try:
+            async for delta in self._observed():
+                yield delta
+        except BaseException as exc:  # callers may handle it and leave the block normally
+            self._failure = exc
+            raise
+
+    async def _observed(self) -> AsyncIterator[TextDelta]:
         async for delta in self._stream:
             now = delta.at or time.monotonic()  # the engine's time, where it gives one
             new = delta.completion_tokens - self._tokens
@@ -187,7 +196,8 @@ class Metered:
     def _record(self, exc: BaseException | None) -> None:
         result = self._stream.result
         if result is None:
-            self._count(_outcome(exc) if exc is not None else "cancelled")
+            failure = exc or self._failure
+            self._count(_outcome(failure) if failure is not None else "cancelled")
             return
         labels = (self._interface, self._adapter_set)
         self._count(result.finish_reason)
@@ -235,7 +245,7 @@ class EngineCollector(Collector):
         if info is not None:
             total = info.context_per_request * info.max_running_requests
             yield _gauge("loramux_kv_cells_total", "KV cache cells of the context.", total)
-        yield _gauge("loramux_adapters_loaded", "LoRA adapters loaded.", stats.adapters_loaded)
+        yield _gauge("loramux_adapters_loaded", "LoRA adapters loaded.", len(stats.adapter_names))
         yield _gauge("loramux_prefix_cache_cells", "KV cells holding cached prompt prefixes.", stats.prefix_cache_cells)
         state = GaugeMetricFamily("loramux_engine_state", "1 for the engine's current state.", labels=["state"])
         state.add_metric([self._engine.state.value], 1)

@@ -68,7 +68,7 @@ class Settings(BaseSettings):
 
     model: Path | None = option(
         "GGUF model to serve", flag="--model", metavar="PATH",
-        shown_default="the embedded SmolLM2-135M-Instruct Q4_1", default=None,
+        shown_default="the embedded SmolLM2-135M-Instruct Q4_1", engine="model_path",
     )  # fmt: skip
     http: bool = option("serve streamable HTTP (MCP at /mcp, the OpenAI API at /v1) instead of stdio", default=False)
     host: str = option(
@@ -147,21 +147,22 @@ class Settings(BaseSettings):
         "seconds a request may take, queue wait included (HTTP 504 on the OpenAI routes)",
         metavar="S", engine="request_timeout",
     )  # fmt: skip
-    adapter_dirs: Annotated[list[Path], NoDecode] = option(
+    adapter_dirs: Annotated[list[Path] | None, NoDecode] = option(
         "directory agents may load LoRA adapters from; repeatable. Nothing outside these directories is ever "
         "opened on an agent's behalf",
-        flag="--adapter-dir", metavar="DIR", shown_default="the project's `adapters/`", default_factory=list,
+        flag="--adapter-dir", metavar="DIR", shown_default="the project's `adapters/`", engine="adapter_dirs",
     )  # fmt: skip
     adapters: Annotated[dict[str, Path], NoDecode] = option(
         "load an adapter at start; repeatable. Operator-given, so any path is allowed. Environment: "
         "`name=path,name=path`; TOML: a table `[adapters]`",
         flag="--adapter", metavar="NAME=PATH", shown_default="–", default_factory=dict,
+        engine="preload_adapters",
     )  # fmt: skip
     chat_template: Path | None = option(
         "a Jinja chat template to use instead of the model's, e.g. to fix a model's template. Templates may move "
         "messages around; one that rewrites message text is refused per request (message text must never be read "
         "as control tokens)",
-        metavar="FILE", shown_default="the model's own (from the GGUF)", default=None,
+        metavar="FILE", shown_default="the model's own (from the GGUF)", engine="chat_template",
     )  # fmt: skip
     metrics_adapter_sets: int = option(
         "distinct adapter sets that get their own `adapter_set` label in `/metrics`; later ones share the label "
@@ -229,19 +230,13 @@ class Settings(BaseSettings):
         return WithFile(**flags)
 
     def engine_config(self) -> EngineConfig:
-        values: dict[str, Any] = {}
+        """The engine's configuration: each option marked `engine=` sets that field (unset: the engine's
+        default); the one inverted flag is --fixed-threads."""
+        values: dict[str, Any] = {"adaptive_threads": not self.fixed_threads}
         for name, field in Settings.model_fields.items():
-            target = _extra(field).get("engine")
-            if target is not None and getattr(self, name) is not None:
-                values[target] = getattr(self, name)
-        if self.model is not None:
-            values["model_path"] = self.model
-        values["adaptive_threads"] = not self.fixed_threads
-        if self.adapter_dirs:
-            values["adapter_dirs"] = tuple(self.adapter_dirs)
-        values["preload_adapters"] = tuple(self.adapters.items())
-        if self.chat_template is not None:
-            values["chat_template"] = self.chat_template
+            target, value = _extra(field).get("engine"), getattr(self, name)
+            if target is not None and value is not None:
+                values[target] = tuple(value.items()) if isinstance(value, dict) else value
         try:
             return EngineConfig(**values)
         except ValidationError as exc:  # name the option, not the engine's field
@@ -260,14 +255,13 @@ def _extra(field: FieldInfo) -> dict[str, Any]:
 
 
 def _engine_errors(exc: ValidationError) -> str:
-    flags = {_extra(f).get("engine"): name for name, f in Settings.model_fields.items()}
-    flags |= {"model_path": "model", "chat_template": "chat_template", "preload_adapters": "adapters"}
-    lines = []
-    for error in exc.errors(include_url=False):
+    """The engine's errors, named by the options that set its fields."""
+    option_of = {_extra(f).get("engine"): name for name, f in Settings.model_fields.items()}
+    errors = exc.errors(include_url=False)
+    for error in errors:
         field = str(error["loc"][0]) if error["loc"] else ""
-        message = error["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
-        lines.append(f"{flag_of(flags.get(field, field))}: {message}")
-    return "\n".join(lines)
+        error["loc"] = (option_of.get(field, field),)
+    return "\n".join(_problem(e) for e in errors)
 
 
 def flag_of(name: str) -> str:

@@ -411,6 +411,10 @@ def test_a_request_past_the_timeout_is_504() -> None:
         with pytest.raises(openai.APIError, match="1 s limit"):
             for _ in stream:
                 pass
+        # both counted as timeouts (the streamed one ended inside the response, not as a cancellation)
+        timeouts = sample(metrics(url), "loramux_requests_total", interface="openai", endpoint="/v1/completions",
+                          outcome="timeout", adapter_set="base")  # fmt: skip
+        assert timeouts == 2
 
 
 def test_adapter_set_labels_are_capped() -> None:

@@ -28,15 +28,16 @@ from engine import (
     GenerateRequest,
     GenerationResult,
     InferenceEngine,
+    ModelInfo,
+    RequestStatus,
     SamplingParams,
 )
+from mcp_server.keep_alive import keep_alive
 from mcp_server.metrics import Metered, Metrics
 from mcp_server.openai_api.errors import OpenAIError, from_engine, invalid, model_not_found, read_json
 from mcp_server.openai_api.schemas import ChatCompletionRequest, CompletionRequest, Message
 
 logger = logging.getLogger(__name__)
-
-KEEP_ALIVE_S = 5.0  # a queued stream's SSE comment at least this often, as the MCP tool's progress
 
 # Omitted max_tokens on chat means "until the model stops or the context is full", as OpenAI's does.
 UNTIL_CONTEXT_FULL = SamplingParams.model_fields["max_tokens"].metadata[-1].le
@@ -92,17 +93,16 @@ class Completions:
             raise invalid(exc) from None
 
     async def _adapters_for(self, req: CompletionRequest | ChatCompletionRequest) -> tuple[AdapterRef, ...]:
-        """`model` names the base model or one loaded adapter (as vLLM serves LoRA); `adapters` mixes."""
-        info = self._engine.model_info
-        if info is not None and req.model in model_names(info.name):
+        """`model` names the base model or one loaded adapter (as vLLM serves LoRA); `adapters` mixes.
+
+        The loaded adapters' names come with the engine's stats snapshot (updated with every load and
+        unload's answer), so a request costs no round trip to the decode thread here."""
+        info = await self._model_info()
+        if req.model in model_names(info.name):
             return tuple(req.adapters or ())
-        try:
-            listing = await self._engine.list_adapters()
-        except EngineError as exc:
-            raise from_engine(exc) from None
-        loaded = [a.name for a in listing.adapters]
+        loaded = self._engine.stats().adapter_names
         if req.model not in loaded:
-            raise model_not_found(req.model, [listing.base_model.name, *loaded])
+            raise model_not_found(req.model, [info.name, *loaded])
         if req.adapters:
             raise OpenAIError(
                 400,
@@ -111,6 +111,15 @@ class Completions:
                 param="adapters",
             )
         return (AdapterRef(name=req.model),)
+
+    async def _model_info(self) -> ModelInfo:
+        info = self._engine.model_info
+        if info is None:  # still loading: list_adapters waits for the model (or says why there is none)
+            try:
+                info = (await self._engine.list_adapters()).base_model
+            except EngineError as exc:
+                raise from_engine(exc) from None
+        return info
 
 
 def model_names(base: str) -> tuple[str, ...]:
@@ -309,18 +318,12 @@ class _EventStream(StreamingResponse):
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 last_sent = time.monotonic()
 
-        async def keep_alive() -> None:
-            while True:
-                await anyio.sleep(max(0.0, last_sent + KEEP_ALIVE_S - time.monotonic()))
-                status = self._generation.status()
-                if status.phase == "generating":
-                    return
-                if time.monotonic() - last_sent >= KEEP_ALIVE_S:
-                    await body(f": {status.describe()}\n\n".encode())
+        async def comment(status: RequestStatus) -> None:
+            await body(f": {status.describe()}\n\n".encode())
 
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         async with anyio.create_task_group() as tg:
-            tg.start_soon(keep_alive)
+            tg.start_soon(keep_alive, self._generation, lambda: last_sent, comment)
             async for chunk in self.body_iterator:
                 await body(chunk.encode() if isinstance(chunk, str) else bytes(chunk))
             tg.cancel_scope.cancel()
