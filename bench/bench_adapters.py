@@ -1,11 +1,15 @@
-"""Adapter mixes at 8 concurrent MCP calls, and load_adapter latency while streams run.
+"""Adapter mixes at 8 concurrent MCP calls, mixed in one decode vs taking turns; load_adapter latency.
 
     .venv/bin/python -m bench.bench_adapters            # writes bench/results/adapters.md
 
 Adapters are synthetic, shaped like the demo adapters (rank 16 on v/o/gate/up/down in all 30 layers).
-Mixes (8 calls each, 128 tokens, greedy, ignore_eos): all base, all one adapter, 4 adapters x 2,
-8 distinct; run interleaved per repeat. Then `load_adapter` round trips (load a file as "probe",
-unload it, repeat) while 0, 1, 4 or 8 streaming calls across adapters run; every stream must finish.
+Two servers run side by side: the default (adapter sets share decode steps, loramux's llama.cpp patch)
+and `--no-mix-adapters` (one adapter set per step, sets take turns: how stock llama.cpp and
+llama-server work). Mixes (8 calls each, 128 tokens, greedy, ignore_eos): all base, all one adapter,
+4 adapters x 2, 8 distinct; per repeat every mix runs on both servers, alternating which goes first,
+and the ratio is taken within the repeat. Then `load_adapter` round trips (load a file as "probe",
+unload it, repeat) on the default server while 0, 1, 4 or 8 streaming calls across adapters run;
+every stream must finish.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import anyio
 from mcp import Client
 
 from bench.bench_batching import pct, prompts_for
+from bench.report import run_stamp
 from tests.adapter_factory import write_lora
 from tests.http_server import http_server
 
@@ -104,53 +109,68 @@ async def load_latency(url: str, clients: list[Client], streams: int, stream_tok
     )
 
 
-async def bench(url: str, repeats: int, max_tokens: int, stream_tokens: int) -> dict:
+SERVERS = ("mixed", "turns")  # adapter sets in one decode; one set per decode (--no-mix-adapters)
+
+
+async def bench(urls: dict[str, str], repeats: int, max_tokens: int, stream_tokens: int) -> dict:
     async with AsyncExitStack() as stack:
-        clients = [await stack.enter_async_context(Client(url)) for _ in range(8)]
-        for i in range(8):
-            r = await clients[0].call_tool("load_adapter", {"name": f"a{i}", "path": f"lora{i}.gguf"})
-            assert not r.is_error, r.content
-        await call(clients[0], "warm up", None, 8)
-        runs: dict[str, dict[str, list[float]]] = {m: {"tps": [], "ttft": []} for m in MIXES}
-        for _ in range(repeats):
+        clients = {s: [await stack.enter_async_context(Client(urls[s])) for _ in range(8)] for s in SERVERS}
+        for s in SERVERS:
+            for i in range(8):
+                r = await clients[s][0].call_tool("load_adapter", {"name": f"a{i}", "path": f"lora{i}.gguf"})
+                assert not r.is_error, r.content
+            await call(clients[s][0], "warm up", None, 8)
+        runs = {s: {m: {"tps": [], "ttft": []} for m in MIXES} for s in SERVERS}
+        ratios: dict[str, list[float]] = {m: [] for m in MIXES}
+        for rep in range(repeats):
             for mix, adapters in MIXES.items():
-                tps, ttft = await run_mix(clients, adapters, max_tokens)
-                runs[mix]["tps"].append(tps)
-                runs[mix]["ttft"] += ttft
-                print(f"{mix}: {tps:.1f} tok/s", flush=True)
+                tps = {}
+                for s in SERVERS if rep % 2 == 0 else SERVERS[::-1]:
+                    tps[s], ttft = await run_mix(clients[s], adapters, max_tokens)
+                    runs[s][mix]["tps"].append(tps[s])
+                    runs[s][mix]["ttft"] += ttft
+                ratios[mix].append(tps["mixed"] / tps["turns"])
+                print(f"{mix}: mixed {tps['mixed']:.1f}, turns {tps['turns']:.1f} tok/s", flush=True)
         mixes = {
-            m: dict(
-                tps=statistics.median(r["tps"]),
-                ttft_p50_ms=pct(r["ttft"], 50) * 1000,
-                ttft_p99_ms=pct(r["ttft"], 99) * 1000,
-                runs=r["tps"],
-            )
-            for m, r in runs.items()
+            m: {
+                s: dict(
+                    tps=statistics.median(runs[s][m]["tps"]),
+                    ttft_p50_ms=pct(runs[s][m]["ttft"], 50) * 1000,
+                    ttft_p99_ms=pct(runs[s][m]["ttft"], 99) * 1000,
+                    runs=runs[s][m]["tps"],
+                )
+                for s in SERVERS
+            }
+            | {"ratio": statistics.median(ratios[m]), "ratio_range": [min(ratios[m]), max(ratios[m])]}
+            for m in MIXES
         }
         loads = []
         for streams in (0, 1, 4, 8):
-            loads.append(await load_latency(url, clients, streams, stream_tokens))
+            loads.append(await load_latency(urls["mixed"], clients["mixed"], streams, stream_tokens))
             print(loads[-1], flush=True)
         return {"mixes": mixes, "loads": loads}
 
 
 def report(results: dict, args: argparse.Namespace) -> str:
-    one = results["mixes"]["all one adapter"]
     lines = [
         "# Adapter benchmark: mixes of LoRA adapters at 8 concurrent MCP calls, and hot loads under load",
         "",
-        f"8 concurrent `llm_inference` calls over MCP HTTP, {args.max_tokens} tokens each (greedy, no repeat "
-        f"penalty, ignore_eos), median of {args.repeats} repeats with the mixes interleaved. Synthetic rank-16 "
-        "adapters on v/o/gate/up/down of all 30 layers (the demo adapters' shape). "
-        "Command: `.venv/bin/python -m bench.bench_adapters`.",
+        f"{run_stamp()}. 8 concurrent `llm_inference` calls over MCP HTTP, {args.max_tokens} tokens each (greedy, "
+        f"no repeat penalty, ignore_eos), {args.repeats} repeats. Synthetic rank-16 adapters on v/o/gate/up/down "
+        "of all 30 layers (the demo adapters' shape). Two servers side by side: **mixed** (default: adapter sets "
+        "share decode steps) and **turns** (`--no-mix-adapters`: one adapter set per decode, sets take turns, "
+        "as in stock llama.cpp); every mix runs on both in each repeat, alternating which goes first; ratio = "
+        "median of per-repeat mixed / turns. Command: `.venv/bin/python -m bench.bench_adapters`.",
         "",
-        "| mix | aggregate tok/s | vs all one adapter | TTFT p50 ms | TTFT p99 ms | TTFT p99 vs all one adapter |",
+        "| mix | mixed tok/s | turns tok/s | mixed / turns | mixed TTFT p50 / p99 ms | turns TTFT p50 / p99 ms |",
         "|---|---|---|---|---|---|",
     ]
     for mix, r in results["mixes"].items():
+        m, t = r["mixed"], r["turns"]
+        lo, hi = r["ratio_range"]
         lines.append(
-            f"| {mix} | {r['tps']:.1f} | {r['tps'] / one['tps']:.2f}x | {r['ttft_p50_ms']:.0f} "
-            f"| {r['ttft_p99_ms']:.0f} | {r['ttft_p99_ms'] / one['ttft_p99_ms']:.2f}x |"
+            f"| {mix} | {m['tps']:.1f} | {t['tps']:.1f} | **{r['ratio']:.2f}x** ({lo:.2f}–{hi:.2f}) "
+            f"| {m['ttft_p50_ms']:.0f} / {m['ttft_p99_ms']:.0f} | {t['ttft_p50_ms']:.0f} / {t['ttft_p99_ms']:.0f} |"
         )
     lines += [
         "",
@@ -177,8 +197,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(8):
             write_lora(Path(tmp) / f"lora{i}.gguf", rank=16, alpha=32, seed=i, strength=0.02, targets=TARGETS)
-        with http_server("--adapter-dir", tmp, "--max-sequences", "8") as base:
-            results = anyio.run(bench, base + "/mcp", args.repeats, args.max_tokens, args.stream_tokens)
+        common = ("--adapter-dir", tmp, "--max-sequences", "8")
+        with http_server(*common) as mixed, http_server(*common, "--no-mix-adapters") as turns:
+            urls = {"mixed": mixed + "/mcp", "turns": turns + "/mcp"}
+            results = anyio.run(bench, urls, args.repeats, args.max_tokens, args.stream_tokens)
     text = report(results, args)
     args.out.write_text(text)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=2))

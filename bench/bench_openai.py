@@ -1,7 +1,7 @@
 """loramux's OpenAI endpoint against llama-server, side by side in one run: streaming clients, same
 model, prompts, lengths and threads.
 
-    bash scripts/build_llama_server.sh                    # once: llama-server from the same llama.cpp
+    bash scripts/build_llama_server.sh                    # once: llama-server from the same llama.cpp tree
     .venv/bin/python -m bench.bench_openai                # writes bench/results/openai_vs_llama_server.md
 
 Both servers run at once and idle while the other works. Each repeat sends the same N concurrent
@@ -41,12 +41,18 @@ from tests.adapter_factory import write_lora
 from tests.http_server import free_port, http_server
 
 ROOT = Path(__file__).resolve().parent.parent
-LLAMA_SERVER = Path(
-    os.environ.get(
-        "LORAMUX_LLAMA_SERVER",
-        Path.home() / ".cache/loramux/llama-server/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin/llama-server",
-    )
-)
+
+
+def _llama_server() -> Path:
+    """Where scripts/build_llama_server.sh puts it: in the patched source tree loramux's wheel is built from."""
+    if path := os.environ.get("LORAMUX_LLAMA_SERVER"):
+        return Path(path)
+    script = ROOT / "scripts/llama_source.sh"
+    tree = subprocess.run(["bash", str(script)], capture_output=True, text=True, check=True).stdout.strip()
+    return Path(tree) / "vendor/llama.cpp/build/bin/llama-server"
+
+
+LLAMA_SERVER = _llama_server()
 PROMPTS = [
     "Write a short story about a lighthouse keeper who finds a message in a bottle.",
     "Explain how a bicycle stays upright while it moves.",
@@ -205,7 +211,9 @@ def report(results: dict, args: argparse.Namespace) -> list[str]:
         + (f" --server-args='{args.server_args}'" if args.server_args else "")
         + "`. "
         f"Same model (SmolLM2-135M-Instruct Q4_1), {SLOTS} slots of {CONTEXT} tokens each, {args.threads} threads, "
-        "llama.cpp from llama-cpp-python 0.3.36's sources for both (GGML_LLAMAFILE=OFF). Streaming "
+        "llama.cpp from llama-cpp-python 0.3.36's sources with loramux's patch for both (GGML_LLAMAFILE=OFF; "
+        "llama-server does not call the patch's functions), flash attention on in both (loramux's with the "
+        "patch's batch-invariant kernel paths). Streaming "
         "`/v1/completions`, greedy, `ignore_eos`, no prompt cache. Interleaved rounds; ratio = median of "
         "per-repeat loramux / llama-server. Rounds without adapters go to a llama-server started without "
         "`--lora` (with adapters loaded, it runs all of them in every request, at scale 0 for the unlisted "

@@ -46,15 +46,24 @@ class EngineConfig(BaseModel):
     )
     threads: int = Field(default_factory=_default_threads, ge=1, le=256, description="Most llama.cpp threads.")
     flash_attention: bool = Field(
-        False,
-        description="Use llama.cpp's flash attention on the CPU: faster, but a prompt's output then depends on what "
-        "else shares its steps, and a prefix-cache hit may change it (GPU builds always use llama.cpp's choice).",
+        True,
+        description="Use llama.cpp's flash attention on the CPU, with loramux's patch's batch-invariant kernel "
+        "paths (without the patch it stays off: stock kernels make outputs depend on what shares a step). GPU "
+        "builds always use llama.cpp's choice.",
     )
     adaptive_threads: bool = Field(
         True, description="Use fewer threads while other processes keep cores busy (engine/cpu_share.py)."
     )
+    mix_adapters: bool = Field(
+        True,
+        description="Serve requests with different adapter sets in the same decode steps (needs loramux's llama.cpp "
+        "patch, which scripts/setup.sh applies); off, or without the patch, adapter sets take turns.",
+    )
     group_steps: int = Field(
-        8, ge=1, le=1000, description="Decode steps an adapter group keeps the context before the next group's turn."
+        8,
+        ge=1,
+        le=1000,
+        description="Decode steps an adapter set keeps the context before the next set's turn, when sets take turns.",
     )
     prefix_cache_cells: int | None = Field(
         None,

@@ -58,6 +58,7 @@ class EngineCore:
             batch_tokens=config.batch_tokens,
             group_quantum=config.group_steps,
             prefix_cache_cells=config.prefix_cache_budget,
+            mixed_adapters=runner.mixed_adapters,
         )
         self.adapters = AdapterRegistry(runner)
         self._clock = clock
@@ -148,7 +149,8 @@ class EngineCore:
         plan = self.scheduler.schedule(now)
         if plan is not None:
             try:
-                output = self.runner.execute(plan, self.adapters.handles(plan.adapter_key))
+                adapters = {key: self.adapters.handles(key) for key in plan.adapter_keys}
+                output = self.runner.execute(plan, adapters)
                 done_at = self._clock()
                 update = self.scheduler.update_from_output(plan, output, done_at)
             except Exception:

@@ -143,6 +143,8 @@ class LlamaEngine:
             logger.info("model %s: %d/%d layers on %s", info.name, info.gpu_layers, info.layers, info.backend)
         else:
             logger.info("model %s on the CPU (%d threads at most)", info.name, self.config.threads)
+        if info.mixed_adapter_sets:
+            logger.info("requests with different adapter sets share decode steps")
         self._preparer, self._checker = await anyio.to_thread.run_sync(self._read_only_helpers, runner)
         for name, path in self.config.preload_adapters:
             await self._load_adapter(name, str(path), trusted=True)

@@ -36,6 +36,9 @@ class ModelInfo(BaseModel):
     layers: int = Field(0, description="The model's layers, its output layer included (as llama.cpp counts).")
     gpu_layers: int = Field(0, description="Layers offloaded to the GPU (0 on CPU).")
     max_running_requests: int = Field(description="Requests generated together; more wait in a queue.")
+    mixed_adapter_sets: bool = Field(
+        False, description="Requests with different adapter sets share decode steps (else the sets take turns)."
+    )
 
 
 class AdapterInfo(BaseModel):

@@ -11,13 +11,14 @@ import ctypes.util
 import hashlib
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import llama_cpp
 
+from engine import llama_patch
 from engine.adapter_files import AdapterFileBytes
 from engine.adapter_validation import AdapterFileError
 from engine.config import EngineConfig
@@ -29,8 +30,9 @@ from engine.gguf_header import read_gguf_header
 from engine.info import ModelInfo
 from engine.llama_log import quiet_llama_logs
 from engine.llama_vocab import LlamaVocab
-from engine.request import SamplingParams
+from engine.request import AdapterKey, SamplingParams
 from engine.sampler import LlamaSampler
+from engine.seq_adapters import SeqAdapters
 from engine.step import StepOutput, StepPlan
 from engine.step_batch import StepBatch
 
@@ -71,17 +73,24 @@ class LlamaRunner:
         # Separate KV streams per sequence: a sequence attends only over its own cells, and its output
         # does not depend on what else is in the batch.
         ctx_params.kv_unified = False
-        # Flash attention off on the CPU: its kernel takes a tiled path for 64+ query rows of a sequence
-        # and another below, with different sums, and llama.cpp splits a step's tokens into equal
-        # per-sequence micro-batches, so a prompt's rows land in chunks of load-dependent sizes. With it
-        # on, a 360-token prompt's greedy text changed when another request was decoding (measured), and
-        # a reused prompt prefix could not give the same text as a cold prefill. Cost measured here:
-        # prefill ~15% and decode at 1k context ~10% slower (--flash-attention turns it back on).
-        # GPU builds keep llama.cpp's choice.
-        if model_params.n_gpu_layers == 0 and not config.flash_attention:
+        # Flash attention on the CPU only with the patch's batch-invariant kernel paths: stock llama.cpp
+        # takes a tiled path for 64+ query rows of a sequence and a split-KV path for one row over 512+
+        # cells, each summing in its own order, and which one runs depends on what shares the step (a
+        # 360-token prompt's greedy text changed when another request was decoding; a prefix-cache hit
+        # could change it too). Without the patch it stays off here. GPU builds keep llama.cpp's choice.
+        patched = llama_patch.available()
+        self._invariant_attention = model_params.n_gpu_layers == 0 and config.flash_attention and patched
+        if model_params.n_gpu_layers == 0 and not self._invariant_attention:
             ctx_params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         ctx_params.no_perf = True
         self._ctx_params = ctx_params
+        # One decode for every adapter set where llama.cpp has loramux's patch; else one set per step.
+        self.mixed_adapters = config.mix_adapters and patched
+        if not patched:
+            logger.warning(
+                "this llama.cpp build lacks loramux's patch (scripts/setup.sh builds it): requests with different "
+                "adapter sets take turns instead of sharing decode steps, and flash attention is off on the CPU"
+            )
         try:
             self._new_context()
         except EngineFailure:
@@ -103,17 +112,20 @@ class LlamaRunner:
             size_bytes=llama_cpp.llama_model_size(model),
             context_per_request=llama_cpp.llama_n_ctx_seq(ctx),
             max_running_requests=config.max_sequences,
+            mixed_adapter_sets=self.mixed_adapters,
             **_placement(model, model_params.n_gpu_layers, offload),
         )
 
     def _new_context(self) -> None:
-        self._applied: list[tuple[Any, float]] = []  # the context's adapter set
         ctx = llama_cpp.llama_init_from_model(self.model, self._ctx_params)
         if not ctx:
             raise EngineFailure(f"llama.cpp could not create a context of {self._ctx_params.n_ctx} cells")
         self.ctx = ctx
         self.memory = llama_cpp.llama_get_memory(ctx)
-        self._applied = []
+        if self._invariant_attention:
+            llama_patch.set_attn_batch_invariant(ctx, True)
+        self._applied: list[tuple[Any, float]] = []  # the context's adapter set (one set per step)
+        self._seq_adapters = SeqAdapters(ctx, self._ctx_params.n_seq_max) if self.mixed_adapters else None
 
     def rebuild_context(self) -> None:
         assert not self._samplers, "every sequence (and its sampler, which points at the context) is gone"
@@ -136,7 +148,7 @@ class LlamaRunner:
 
     # -- one step ---------------------------------------------------------------------------------------
 
-    def execute(self, plan: StepPlan, adapters: list[tuple[Any, float]]) -> StepOutput:
+    def execute(self, plan: StepPlan, adapters: Mapping[AdapterKey, list[tuple[Any, float]]]) -> StepOutput:
         # Slots taken by admission first, then moves, always: the scheduler has already decided them.
         for reuse in plan.reuses:
             if reuse.source is not None:  # a cached prefix in another slot: copy it over
@@ -151,7 +163,7 @@ class LlamaRunner:
             return output
         try:
             self._follow_cpu_share()
-            output.adapter_switched = self._set_adapters(adapters)
+            output.adapter_switched = self._set_step_adapters(plan, adapters)
             to_sample = self._batch.fill(plan)
             rc = llama_cpp.llama_decode(self.ctx, self._batch.batch)
             if rc != 0:
@@ -205,10 +217,18 @@ class LlamaRunner:
         return adapter
 
     def free_adapter(self, handle: Any) -> None:
+        # The context holds raw pointers to its adapters: detach before freeing.
+        if self._seq_adapters is not None and self._seq_adapters.holds(handle):
+            self._seq_adapters.clear()
         if any(h is handle for h, _ in self._applied):
-            # The context holds raw pointers to its adapters: detach before freeing.
             self._set_adapters([])
         llama_cpp.llama_adapter_lora_free(handle)
+
+    def _set_step_adapters(self, plan: StepPlan, adapters: Mapping[AdapterKey, list[tuple[Any, float]]]) -> bool:
+        if self._seq_adapters is not None:
+            return self._seq_adapters.apply({c.seq.seq_id: adapters[c.seq.adapter_key] for c in plan.chunks})
+        (key,) = {c.seq.adapter_key for c in plan.chunks}  # without the patch a step serves one set
+        return self._set_adapters(adapters[key])
 
     def _set_adapters(self, adapters: list[tuple[Any, float]]) -> bool:
         """Make `adapters` the context's set (it applies to every sequence of a decode); True if it changed."""

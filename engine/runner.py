@@ -6,12 +6,12 @@ ever called from the core, on one thread.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from engine.adapter_files import AdapterFileBytes
 from engine.info import ModelInfo
-from engine.request import SamplingParams
+from engine.request import AdapterKey, SamplingParams
 from engine.step import StepOutput, StepPlan
 from engine.vocab import Vocab
 
@@ -19,6 +19,7 @@ from engine.vocab import Vocab
 class ModelRunner(Protocol):
     info: ModelInfo
     vocab: Vocab  # read-only: the async side tokenizes with it
+    mixed_adapters: bool  # one decode can serve sequences with different adapter sets
 
     def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
         """Base tensor names and shapes, to validate adapters against."""
@@ -32,8 +33,9 @@ class ModelRunner(Protocol):
         """Free the request's sampler (if `request_id`) and the slot's context cells (if `seq_id`)."""
         ...
 
-    def execute(self, plan: StepPlan, adapters: list[tuple[Any, float]]) -> StepOutput:
-        """Apply the plan's moves, set the adapter set, decode, and sample every chunk that samples."""
+    def execute(self, plan: StepPlan, adapters: Mapping[AdapterKey, list[tuple[Any, float]]]) -> StepOutput:
+        """Apply the plan's moves, set each chunk's adapters (`adapters`: (handle, scale) pairs of every
+        set in the plan), decode, and sample every chunk that samples."""
         ...
 
     def rebuild_context(self) -> None:

@@ -1,9 +1,10 @@
 """Forms each decode step from the running requests, and takes back what the step produced.
 
-`schedule()` returns a StepPlan (plain data): one adapter group (llama.cpp applies one adapter set per
-decode); every running sequence of it that is past its prompt contributes its last sampled token, then
-prompts of newly admitted sequences fill the prompt-token budget (long prompts are prefilled in chunks
-over several steps, so running sequences keep generating). A request arriving while others generate is
+`schedule()` returns a StepPlan (plain data): one group of sequences (all of them where the runner
+gives each sequence its own adapter set; else one adapter set per step, taking turns); every member past
+its prompt contributes its last sampled token, then prompts of newly admitted sequences fill the
+prompt-token budget (long prompts are prefilled in chunks over several steps, so running sequences keep
+generating). A request arriving while others generate is
 admitted at the next step: there is no draining and no time window.
 
 `update_from_output()` applies the runner's StepOutput: prefill progress, accepted tokens (and the text
@@ -31,12 +32,14 @@ class Scheduler:
         batch_tokens: int,
         group_quantum: int = 8,
         prefix_cache_cells: int = 0,
+        mixed_adapters: bool = False,
     ) -> None:
         self._vocab = vocab
         self.prefix_cache = PrefixCache(prefix_cache_cells)
         self.max_sequences = max_sequences
         self.batch_tokens = batch_tokens
         self.group_quantum = group_quantum  # steps a group keeps the context before another group's turn
+        self.mixed_adapters = mixed_adapters  # one decode serves every adapter set: a single group
         self.waiting: deque[Sequence] = deque()
         self.running: dict[int, Sequence] = {}  # seq id → sequence
         self._free_seq_ids = list(range(max_sequences))  # a heap: lowest id first keeps ids contiguous
@@ -67,7 +70,7 @@ class Scheduler:
             return None
         moves = self._compact()
         key = self._choose_group()
-        members = [s for s in self.running.values() if s.adapter_key == key]
+        members = [s for s in self.running.values() if self._group(s) == key]
         chunks: list[Chunk] = []
         for seq in members:
             if not seq.is_prefilling:
@@ -82,7 +85,7 @@ class Scheduler:
                 )
                 budget -= n
         chunks.sort(key=lambda c: c.seq.seq_id)
-        return StepPlan(key, chunks, moves, reuses)
+        return StepPlan(chunks, moves, reuses)
 
     def update_from_output(self, plan: StepPlan, output: StepOutput, now: float) -> StepUpdate:
         update = StepUpdate(failed=output.failed)
@@ -113,10 +116,10 @@ class Scheduler:
         # Seq ids of one adapter group should be consecutive, since a step serves one group and llama.cpp
         # co-batches only consecutive ids (see _compact): hand out ids group by group.
         turn = {key: i for i, key in enumerate(self._group_order)}
-        admitted.sort(key=lambda s: (turn.get(s.adapter_key, len(turn)), s.adapter_key))
+        admitted.sort(key=lambda s: (turn.get(self._group(s), len(turn)), self._group(s)))
         reuses = []
         for seq in admitted:
-            seq.seq_id = self._take_seq_id(seq.adapter_key)
+            seq.seq_id = self._take_seq_id(self._group(seq))
             seq.status = SeqStatus.RUNNING
             seq.admitted_at = now
             self.running[seq.seq_id] = seq
@@ -136,8 +139,12 @@ class Scheduler:
                     return candidate
         return heapq.heappop(free)
 
+    def _group(self, seq: Sequence) -> AdapterKey:
+        """The group a sequence decodes with: its adapter set, or one for all when sets mix."""
+        return () if self.mixed_adapters else seq.adapter_key
+
     def _ids_of(self, key: AdapterKey) -> list[int]:
-        return sorted(i for i, s in self.running.items() if s.adapter_key == key)
+        return sorted(i for i, s in self.running.items() if self._group(s) == key)
 
     def _compact(self) -> list[tuple[int, int]]:
         """Keep each adapter group's seq ids consecutive, moving sequences' state where needed.
@@ -153,7 +160,7 @@ class Scheduler:
         moves: list[tuple[int, int]] = []
         for _ in range(self.max_sequences):  # passes: an eviction may split the evicted member's group
             moved = len(moves)
-            keys = {s.adapter_key for s in self.running.values()}
+            keys = {self._group(s) for s in self.running.values()}
             for key in sorted(keys, key=lambda k: self._ids_of(k)[0]):
                 while True:
                     ids = self._ids_of(key)
@@ -162,8 +169,8 @@ class Scheduler:
                     inside = range(ids[0] + 1, ids[-1])
                     hole = next((i for i in inside if i not in self.running), None)
                     if hole is None:
-                        outsider = next(i for i in inside if self.running[i].adapter_key != key)
-                        target = self._eviction_target(self.running[outsider].adapter_key)
+                        outsider = next(i for i in inside if self._group(self.running[i]) != key)
+                        target = self._eviction_target(self._group(self.running[outsider]))
                         if target is None:
                             break  # every slot is taken: wait for a request to finish
                         self._move(outsider, target, moves)
@@ -204,12 +211,12 @@ class Scheduler:
         token is what an agent waits on, and such a request needs one step (its prefill).
         """
         running = self.running.values()
-        live = {s.adapter_key for s in running}
+        live = {self._group(s) for s in running}
         self._group_order = [k for k in self._group_order if k in live]
         self._group_order += sorted(live.difference(self._group_order))
         current = self._current_group
         if current in live:
-            waiting_first = {s.adapter_key for s in running if not s.has_first_token}
+            waiting_first = {self._group(s) for s in running if not s.has_first_token}
             if current not in waiting_first:
                 for key in self._group_order:
                     if key in waiting_first:

@@ -22,8 +22,9 @@ class Chunk:
 
 @dataclass(slots=True)
 class StepPlan:
-    adapter_key: AdapterKey
-    chunks: list[Chunk]  # sorted by seq_id: llama.cpp only co-batches increasing sequence ids
+    # sorted by seq_id (llama.cpp only co-batches increasing sequence ids); each decodes with its
+    # sequence's adapter set
+    chunks: list[Chunk]
     # (from, to) seq ids whose state moves before decoding; the scheduler has already renumbered them,
     # so the runner must apply these even when the step has no chunks or its decode fails.
     moves: list[tuple[int, int]] = field(default_factory=list)
@@ -33,6 +34,10 @@ class StepPlan:
     @property
     def num_tokens(self) -> int:
         return sum(len(c.tokens) for c in self.chunks)
+
+    @property
+    def adapter_keys(self) -> set[AdapterKey]:
+        return {c.seq.adapter_key for c in self.chunks}
 
 
 @dataclass(slots=True)

@@ -60,6 +60,7 @@ def build_http_app(
                 "model": info.name if info else None,
                 "backend": info.backend if info else None,
                 "gpu_layers": info.gpu_layers if info else None,
+                "mixed_adapter_sets": info.mixed_adapter_sets if info else None,
                 "running": stats.running,
                 "waiting": stats.waiting,
                 "steps": stats.steps,

@@ -103,9 +103,15 @@ class Settings(BaseSettings):
         "generating",
         metavar="N", engine="batch_tokens",
     )  # fmt: skip
+    mix_adapters: bool = option(
+        "serve requests with different adapter sets in the same decode steps (loramux's llama.cpp patch, applied "
+        "by `scripts/setup.sh`, gives each sequence its own adapter scales). `--no-mix-adapters`: sets take turns, "
+        "one per step, as in llama-server",
+        default=True, engine="mix_adapters",
+    )  # fmt: skip
     group_steps: int = option(
-        "decode steps one adapter group runs before the next group's turn: larger amortises adapter-set changes, "
-        "smaller shares time more finely",
+        "decode steps one adapter set runs before the next set's turn, when sets take turns (`--no-mix-adapters`, "
+        "or a llama.cpp without the patch): larger amortises adapter-set changes, smaller shares time more finely",
         metavar="N", engine="group_steps",
     )  # fmt: skip
     gpu_layers: int | None = option(
@@ -131,12 +137,11 @@ class Settings(BaseSettings):
         metavar="N", shown_default="half the context's cells", engine="prefix_cache_cells",
     )  # fmt: skip
     flash_attention: bool = option(
-        "use llama.cpp's flash attention on the CPU. Off by default: its CPU kernel sums a prompt's rows "
-        "differently by how many share a micro-batch, so with it a prompt's output can change with what else "
-        "runs, and a prefix-cache hit can change it too. On: measured 10–20% more throughput "
-        "([bench/results/openai_vs_llama_server.md](bench/results/openai_vs_llama_server.md)). GPU builds use "
-        "llama.cpp's choice",
-        default=False, engine="flash_attention",
+        "use llama.cpp's flash attention on the CPU, with the kernel paths of loramux's llama.cpp patch that sum "
+        "every query row the same way whatever shares the step (stock llama.cpp picks a tiled or split path by "
+        "row count, so outputs would depend on other requests; without the patch it stays off). About 18% "
+        "faster decoding than `--no-flash-attention` here. GPU builds use llama.cpp's choice",
+        default=True, engine="flash_attention",
     )  # fmt: skip
     queue_depth: int = option(
         "requests that may wait for a free sequence; past that, calls get an immediate busy error (HTTP 429 with "

@@ -9,13 +9,13 @@ Every executed step is recorded, so tests can see what the scheduler put in it. 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from engine.config import EngineConfig
 from engine.errors import EngineFailure
 from engine.info import ModelInfo
-from engine.request import SamplingParams
+from engine.request import AdapterKey, SamplingParams
 from engine.step import StepOutput, StepPlan
 
 EOS = 256
@@ -55,6 +55,7 @@ class FakeSampler:
 
 class FakeRunner:
     def __init__(self, config: EngineConfig, *, reply: bytes = b"hello world", step_seconds: float = 0.0) -> None:
+        self.mixed_adapters = config.mix_adapters
         self.info = ModelInfo(
             name="fake.gguf",
             description="fake",
@@ -71,7 +72,7 @@ class FakeRunner:
         self.steps: list[list[tuple[int, int, int, bool]]] = []  # per step: (request id, n tokens, pos, samples)
         self.kv: dict[int, int] = {}  # seq id → highest position
         self.moves: list[tuple[int, int]] = []
-        self.adapter_sets: list[list[tuple[object, float]]] = []
+        self.adapter_sets: list[dict[object, list[tuple[object, float]]]] = []  # per change: each set's handles
         self.fail_decodes = 0
         self.raise_in_execute = 0  # the next N executes raise (a bug, not a reported failure)
         self.rebuilds = 0
@@ -95,7 +96,7 @@ class FakeRunner:
         if seq_id is not None:
             self.kv.pop(seq_id, None)
 
-    def execute(self, plan: StepPlan, adapters: list[tuple[Any, float]]) -> StepOutput:
+    def execute(self, plan: StepPlan, adapters: Mapping[AdapterKey, list[tuple[Any, float]]]) -> StepOutput:
         if self.raise_in_execute and plan.chunks:  # before anything, moves included
             self.raise_in_execute -= 1
             raise RuntimeError("injected bug in a decode step")
@@ -112,8 +113,10 @@ class FakeRunner:
             return output
         if self.step_seconds:
             time.sleep(self.step_seconds)
+        assert self.mixed_adapters or len(plan.adapter_keys) == 1, "without mixing a step serves one set"
+        assert set(adapters) == plan.adapter_keys
         if not self.adapter_sets or self.adapter_sets[-1] != adapters:
-            self.adapter_sets.append(adapters)
+            self.adapter_sets.append(dict(adapters))
             output.adapter_switched = True
         if self.fail_decodes:
             self.fail_decodes -= 1

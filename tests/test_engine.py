@@ -287,14 +287,15 @@ async def test_a_step_that_raises_fails_its_own_requests_and_repeated_faults_reb
 ) -> None:
     """A bug inside a decode step (here: execute raises for steps carrying a marked request) fails only
     that step's requests; other adapter groups' requests give exactly their solo text. Faulty steps in a
-    row rebuild the llama.cpp context, and the engine then serves correct text, adapters included."""
+    row rebuild the llama.cpp context, and the engine then serves correct text, adapters included.
+    Adapter sets take turns here (no mixing), so the marked request's steps carry no other request."""
     from engine.core import REBUILD_AFTER
     from engine.llama_runner import LlamaRunner
 
     execute = LlamaRunner.execute
     armed = {"faults": 0}
 
-    def execute_with_fault(self: LlamaRunner, plan: StepPlan, adapters: list) -> StepOutput:
+    def execute_with_fault(self: LlamaRunner, plan: StepPlan, adapters: dict) -> StepOutput:
         if armed["faults"] and any(c.seq.sampling.seed == 13 for c in plan.chunks):
             armed["faults"] -= 1
             raise RuntimeError("injected bug in a decode step")
@@ -306,7 +307,10 @@ async def test_a_step_that_raises_fails_its_own_requests_and_repeated_faults_reb
         update={"adapters": (AdapterRef(name="short"),)}
     )
     config = EngineConfig(
-        max_sequences=8, context_per_sequence=512, preload_adapters=(("short", ROOT / "adapters" / "short.gguf"),)
+        max_sequences=8,
+        context_per_sequence=512,
+        preload_adapters=(("short", ROOT / "adapters" / "short.gguf"),),
+        mix_adapters=False,
     )
     async with Engine(config) as eng:
         good = [chat(q, sampling) for q in QUESTIONS[:4]]
@@ -426,8 +430,9 @@ async def test_no_prefix_hit_crosses_adapter_sets() -> None:
 
 
 async def test_a_long_prompts_greedy_text_does_not_depend_on_other_requests_decoding() -> None:
-    """Found with the prefix cache: with flash attention on, llama.cpp split a prompt's rows by what else
-    was in the step, and the CPU kernel's sums depend on that split; it is off on the CPU now."""
+    """Found with the prefix cache: llama.cpp splits a prompt's rows by what else is in the step, and
+    stock flash attention's CPU kernel sums 64+ rows another way than fewer (tiled path). loramux's patch
+    makes it take one path for every row (llama_set_attn_batch_invariant)."""
     async with Engine(EngineConfig(max_sequences=4, context_per_sequence=1024, prefix_cache_cells=0)) as eng:
         alone = (await eng.complete(with_system("Summarise rule 7.", max_tokens=40))).text
         async with anyio.create_task_group() as tg:
@@ -438,3 +443,20 @@ async def test_a_long_prompts_greedy_text_does_not_depend_on_other_requests_deco
                 await anyio.sleep(0.01)
             under_load = (await eng.complete(with_system("Summarise rule 7.", max_tokens=40))).text
     assert under_load == alone
+
+
+async def test_long_contexts_decode_the_same_alone_and_batched() -> None:
+    """Past 512 cells, stock flash attention splits one sequence's KV across threads when it decodes
+    alone (split-KV path) and not when others share the step: different sums, and greedy text drifted.
+    Also a check of the patch's per-row flash attention at longer contexts."""
+    long_system = " ".join([SYSTEM] * 3)  # about 1,000 tokens
+    questions = ["What is rule 3?", "Summarise rule 7.", "Is rule 12 important?", "Name a rule."]
+
+    def request(question: str) -> GenerateRequest:
+        messages = (ChatMessage(role="system", content=long_system), ChatMessage(role="user", content=question))
+        return GenerateRequest(messages=messages, sampling=SamplingParams(temperature=0.0, max_tokens=48))
+
+    async with Engine(EngineConfig(max_sequences=4, context_per_sequence=2048, prefix_cache_cells=0)) as eng:
+        alone = [(await eng.complete(request(q))).text for q in questions]
+        batched = await run_concurrently(eng, [request(q) for q in questions])
+    assert [r.text for r in batched] == alone

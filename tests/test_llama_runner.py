@@ -1,8 +1,10 @@
-"""The llama.cpp runner alone, on the real model: a sequence's KV moves are never dropped."""
+"""The llama.cpp runner alone, on the real model: a sequence's KV moves are never dropped; per-sequence
+adapters (loramux's llama.cpp patch) are set only when they change."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import llama_cpp
 import pytest
@@ -14,6 +16,7 @@ from engine.sequence import SeqStatus, Sequence
 from engine.step import Chunk, StepPlan
 
 GREEDY = SamplingParams(temperature=0.0, repeat_penalty=1.0)
+ADAPTERS = Path(__file__).resolve().parent.parent / "adapters"
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +40,7 @@ def decode(runner: LlamaRunner, seqs: list[Sequence], moves: list[tuple[int, int
             chunks.append(Chunk(seq, [seq.completion_tokens[-1]], seq.next_decode_position, True))
         else:
             chunks.append(Chunk(seq, seq.prompt_tokens, 0, True))
-    output = runner.execute(StepPlan((), chunks, moves or []), [])
+    output = runner.execute(StepPlan(chunks, moves or []), {(): []})
     assert not output.failed
     for seq, token in output.sampled:
         seq.completion_tokens.append(token)
@@ -59,7 +62,7 @@ def test_moves_apply_on_a_step_without_chunks_and_on_a_failed_decode(
         decode(runner, [reference, moved])
 
     # a plan with a move and no chunks: the move must still happen
-    runner.execute(StepPlan((), [], [(2, 1)]), [])
+    runner.execute(StepPlan([], [(2, 1)]), {})
     moved.seq_id = 1
     assert positions(runner)[1:3] == [len(tokens) + 2, -1]
 
@@ -67,7 +70,7 @@ def test_moves_apply_on_a_step_without_chunks_and_on_a_failed_decode(
     real_decode = llama_cpp.llama_decode
     monkeypatch.setattr(llama_cpp, "llama_decode", lambda ctx, batch: 1)
     chunk = Chunk(reference, [reference.completion_tokens[-1]], reference.next_decode_position, True)
-    output = runner.execute(StepPlan((), [chunk], [(1, 3)]), [])
+    output = runner.execute(StepPlan([chunk], [(1, 3)]), {(): []})
     monkeypatch.setattr(llama_cpp, "llama_decode", real_decode)
     assert [seq for seq, _ in output.failed] == [reference] and not output.sampled
     moved.seq_id = 3
@@ -80,3 +83,29 @@ def test_moves_apply_on_a_step_without_chunks_and_on_a_failed_decode(
     for seq in (reference, moved):
         runner.remove_sequence(seq.request_id, seq.seq_id)
     assert runner.kv_cells_used() == 0
+
+
+def test_per_sequence_adapters_change_the_graph_only_when_the_adapter_list_changes(runner: LlamaRunner) -> None:
+    """loramux's patch: a new list of adapters is a new graph (llama.cpp re-reserves); new scales for the
+    same list are graph inputs. Each sequence's logits follow its own adapters."""
+    from engine.adapter_files import read_adapter_file
+
+    assert runner.mixed_adapters
+    caps = runner.load_adapter(read_adapter_file(ADAPTERS / "caps.gguf", "caps.gguf"))
+    short = runner.load_adapter(read_adapter_file(ADAPTERS / "short.gguf", "short.gguf"))
+    try:
+        seq_adapters = runner._seq_adapters
+        assert seq_adapters is not None
+        assert seq_adapters.apply({0: [(caps, 1.0)]}) is True
+        assert seq_adapters.apply({0: [(caps, 1.0)]}) is False  # nothing to do
+        assert seq_adapters.apply({0: [(caps, 0.5)], 1: [(caps, 1.0)]}) is False  # scales only
+        assert seq_adapters.apply({0: [(caps, 1.0)], 1: [(short, 1.0)]}) is True
+        assert seq_adapters.holds(short) and seq_adapters.holds(caps)
+        runner.free_adapter(short)  # detaches the context's list first: it holds raw pointers
+        short = None
+        assert not seq_adapters.holds(caps)
+        assert seq_adapters.apply({}) is False  # already cleared
+    finally:
+        for handle in (caps, short):
+            if handle is not None:
+                runner.free_adapter(handle)

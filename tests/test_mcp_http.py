@@ -34,6 +34,7 @@ def test_health_reports_model_and_load(base_url: str) -> None:
     assert health["status"] == "ready"
     assert health["model"].endswith(".gguf")
     assert (health["backend"], health["gpu_layers"]) == ("CPU", 0) or health["gpu_layers"] > 0
+    assert health["mixed_adapter_sets"] is True  # setup.sh builds llama.cpp with loramux's patch
     assert {"running", "waiting", "steps", "tokens_generated", "sequences_per_step"} <= set(health)
 
 

@@ -27,8 +27,14 @@ def make_seq(rid: int, n_prompt: int = 4, key: tuple = (), max_new_tokens: int =
     )
 
 
-def scheduler(max_sequences: int, batch_tokens: int = 64, group_quantum: int = 8) -> Scheduler:
-    return Scheduler(FakeVocab(), max_sequences=max_sequences, batch_tokens=batch_tokens, group_quantum=group_quantum)
+def scheduler(max_sequences: int, batch_tokens: int = 64, group_quantum: int = 8, mixed: bool = False) -> Scheduler:
+    return Scheduler(
+        FakeVocab(),
+        max_sequences=max_sequences,
+        batch_tokens=batch_tokens,
+        group_quantum=group_quantum,
+        mixed_adapters=mixed,
+    )
 
 
 def sample_all(plan: StepPlan, token: int = ord("x")) -> StepOutput:
@@ -106,8 +112,8 @@ def run_steps(s: Scheduler, n: int) -> list[tuple]:
     for _ in range(n):
         plan = s.schedule(0.0)
         assert plan is not None
-        assert all(c.seq.adapter_key == plan.adapter_key for c in plan.chunks)
-        keys.append(plan.adapter_key)
+        (key,) = plan.adapter_keys  # without mixing, a step serves one adapter set
+        keys.append(key)
         s.update_from_output(plan, sample_all(plan), 0.0)
     return keys
 
@@ -292,7 +298,57 @@ def test_random_traffic_keeps_invariants() -> None:
         if plan is None:
             continue
         assert [c.seq.seq_id for c in plan.chunks] == sorted(c.seq.seq_id for c in plan.chunks)
-        assert all(c.seq.adapter_key == plan.adapter_key for c in plan.chunks)
+        assert len(plan.adapter_keys) <= 1
+        s.update_from_output(plan, sample_all(plan), 0.0)
+        assert sorted(s._free_seq_ids + list(s.running)) == list(range(6))
+        assert all(i == q.seq_id for i, q in s.running.items())
+
+
+def test_mixed_adapters_put_every_set_in_one_step() -> None:
+    """With per-sequence adapters, each step carries every running sequence, whatever its adapter set."""
+    s = scheduler(max_sequences=6, batch_tokens=64, group_quantum=2, mixed=True)
+    for rid, key in enumerate([(), A, B, A, ()], start=1):
+        s.add(make_seq(rid, key=key))
+    for _ in range(4):
+        plan = s.schedule(0.0)
+        assert plan is not None
+        assert sorted(c.seq.request_id for c in plan.chunks) == sorted(q.request_id for q in s.running.values())
+        assert plan.adapter_keys == {(), A, B}
+        s.update_from_output(plan, sample_all(plan), 0.0)
+    assert sorted(s.running) == [0, 1, 2, 3, 4]  # one contiguous range: one micro-batch in llama.cpp
+
+
+def test_mixed_adapters_keep_all_seq_ids_contiguous_after_finishes() -> None:
+    """A finish in the middle leaves a hole; with one group for all sets, the highest id moves into it."""
+    s = scheduler(max_sequences=4, batch_tokens=64, mixed=True)
+    seqs = [make_seq(rid, key=key, max_new_tokens=10) for rid, key in enumerate([A, B, (), A], start=1)]
+    seqs[1].max_new_tokens = 1
+    for q in seqs:
+        s.add(q)
+    plan = s.schedule(0.0)
+    assert plan is not None
+    s.update_from_output(plan, sample_all(plan), 0.0)  # request 2 (seq id 1) finishes
+    plan = s.schedule(0.0)
+    assert plan is not None and plan.moves == [(3, 1)]
+    assert [c.seq.seq_id for c in plan.chunks] == [0, 1, 2]
+
+
+def test_random_mixed_traffic_keeps_invariants() -> None:
+    rng = random.Random(11)
+    s = scheduler(max_sequences=6, batch_tokens=16, mixed=True)
+    rid = 0
+    for _ in range(400):
+        if rng.random() < 0.3:
+            rid += 1
+            key = rng.choice([(), A, B, (("a", 0.5), ("b", 1.0))])
+            s.add(make_seq(rid, n_prompt=rng.randint(1, 40), key=key, max_new_tokens=rng.randint(1, 8)))
+        plan = s.schedule(0.0)
+        if plan is None:
+            continue
+        ids = [c.seq.seq_id for c in plan.chunks]
+        assert ids == sorted(ids)
+        decoding = {q.request_id for q in s.running.values() if not q.is_prefilling}
+        assert decoding <= {c.seq.request_id for c in plan.chunks}  # nobody waits for a turn
         s.update_from_output(plan, sample_all(plan), 0.0)
         assert sorted(s._free_seq_ids + list(s.running)) == list(range(6))
         assert all(i == q.seq_id for i, q in s.running.items())
