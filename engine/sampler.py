@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import llama_cpp
+import numpy as np
 
 from engine.constraints import TokenMask
 from engine.request import SamplingParams
@@ -12,17 +13,22 @@ from engine.request import SamplingParams
 
 class LlamaSampler:
     """One chain per request: penalties → top-k → top-p → min-p → temperature → seeded draw (or greedy),
-    after the constraint's token mask when the request has one."""
+    after the constraint's token mask when the request has one. Plain greedy (no penalties, no mask) is an
+    argmax over the logits: llama.cpp's chain would copy all 49k logits into a candidate array first
+    (~0.25 ms per sequence per step, on the decode thread); both take the first maximum on ties."""
 
     def __init__(
         self, ctx: llama_cpp.llama_context_p, n_vocab: int, params: SamplingParams, mask: TokenMask | None = None
     ) -> None:
         self._ctx = ctx
+        self._n_vocab = n_vocab
         self._mask = mask  # json_schema / grammar: disallowed tokens' logits become -inf first
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         add = llama_cpp.llama_sampler_chain_add
         penalised = (params.repeat_penalty != 1.0, params.frequency_penalty != 0.0, params.presence_penalty != 0.0)
-        if any(penalised) and params.repeat_last_n > 0:
+        penalties = any(penalised) and params.repeat_last_n > 0
+        self.argmax = params.temperature == 0.0 and not penalties and mask is None
+        if penalties:
             add(
                 chain,
                 llama_cpp.llama_sampler_init_penalties(
@@ -49,6 +55,9 @@ class LlamaSampler:
 
     def sample(self, row: int) -> int:
         """Sample from the logits of batch row `row` of the last decode, and accept the token."""
+        if self.argmax:
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, row), shape=(self._n_vocab,))
+            return int(logits.argmax())
         if self._mask is None:
             return llama_cpp.llama_sampler_sample(self._chain, self._ctx, row)
         self._mask.apply(llama_cpp.llama_get_logits_ith(self._ctx, row))

@@ -109,3 +109,34 @@ def test_per_sequence_adapters_change_the_graph_only_when_the_adapter_list_chang
         for handle in (caps, short):
             if handle is not None:
                 runner.free_adapter(handle)
+
+
+def test_the_greedy_argmax_picks_what_llama_cpps_greedy_sampler_picks(runner: LlamaRunner) -> None:
+    """Plain greedy requests skip llama.cpp's sampler chain (an argmax over the logits): same tokens."""
+    from engine.sampler import LlamaSampler
+
+    prompts = ["The history of the river is", "List three colours:", "def fibonacci(n):", "Paris is"]
+    seqs = [start(runner, 10 + i, i, runner.vocab.tokenize(p, add_special=True, parse_special=False))
+            for i, p in enumerate(prompts)]  # fmt: skip
+    chains = [LlamaSampler(runner.ctx, runner.vocab.n_tokens, GREEDY) for _ in seqs]
+    for chain in chains:
+        chain.argmax = False  # llama.cpp's own greedy sampler
+    try:
+        assert all(runner._samplers[s.request_id].argmax for s in seqs)
+        for _ in range(12):
+            chunks = [
+                Chunk(s, [s.completion_tokens[-1]], s.next_decode_position, True)
+                if s.completion_tokens
+                else Chunk(s, s.prompt_tokens, 0, True)
+                for s in seqs
+            ]
+            output = runner.execute(StepPlan(chunks), {(): []})
+            rows = {seq.request_id: row for seq, row in runner._batch.fill(StepPlan(chunks))}
+            for (seq, token), chain in zip(output.sampled, chains, strict=True):
+                assert token == chain.sample(rows[seq.request_id])
+                seq.completion_tokens.append(token)
+    finally:
+        for chain in chains:
+            chain.close()
+        for s in seqs:
+            runner.remove_sequence(s.request_id, s.seq_id)
