@@ -113,7 +113,7 @@ class Scheduler:
         if not n:
             return []
         admitted = [self.waiting.popleft() for _ in range(n)]
-        # Seq ids of one adapter group should be consecutive, since a step serves one group and llama.cpp
+        # Seq ids of one group should be consecutive, since a step serves one group and llama.cpp
         # co-batches only consecutive ids (see _compact): hand out ids group by group.
         turn = {key: i for i, key in enumerate(self._group_order)}
         admitted.sort(key=lambda s: (turn.get(self._group(s), len(turn)), self._group(s)))

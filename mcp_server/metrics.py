@@ -265,7 +265,7 @@ class EngineCollector(Collector):
             ),
             (
                 "loramux_sequence_moves",
-                "Running requests' KV moved to keep adapter groups contiguous.",
+                "Running requests' KV moved to keep the sequence ids of each step contiguous.",
                 stats.sequence_moves,
             ),
             ("loramux_context_rebuilds", "Model contexts rebuilt after repeated faulty steps.", stats.context_rebuilds),
