@@ -4,8 +4,8 @@
 gives each sequence its own adapter set; else one adapter set per step, taking turns); every member past
 its prompt contributes its last sampled token, then prompts of newly admitted sequences fill the
 prompt-token budget (long prompts are prefilled in chunks over several steps, so running sequences keep
-generating). A request arriving while others generate is
-admitted at the next step: there is no draining and no time window.
+generating). A request arriving while others generate is admitted at the next step: there is no
+draining and no time window.
 
 `update_from_output()` applies the runner's StepOutput: prefill progress, accepted tokens (and the text
 they make), finishes, and the slots they free.
