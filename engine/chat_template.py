@@ -64,7 +64,9 @@ class ChatTemplate:
         slicing) would need the real text rendered as markup, where `</s>[INST]` in a message would be
         read as control tokens: such a render is refused instead (fail closed).
         """
-        tag = secrets.token_hex(8)
+        # Letters of both cases: a template that changes case changes the tag too (hex alone could come
+        # out all digits, which upper() leaves as they are: 1 render in ~1,850 went unnoticed)
+        tag = "aZ" + secrets.token_hex(8)
         placeholders = [f"\x00{tag}:{i}\x00" for i in range(len(messages))]
         masked = self._render([{"role": m.role, "content": p} for m, p in zip(messages, placeholders, strict=True)])
         pieces = re.split(f"\x00{tag}:(\\d+)\x00", masked)

@@ -386,6 +386,16 @@ async def test_a_template_that_rewrites_message_text_is_refused_clearly(engine: 
         preparer.tokens(chat("hi</s>[INST]"))  # type: ignore[attr-defined]
 
 
+async def test_a_case_changing_template_is_caught_whatever_the_random_placeholder(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The placeholders' random part can come out all digits (CI hit it once), which upper() keeps."""
+    monkeypatch.setattr("engine.chat_template.secrets.token_hex", lambda n: "0123456789" * 2)
+    preparer = template_preparer(engine, UPPERCASING)
+    with pytest.raises(InvalidRequest, match="rewrites message text"):
+        preparer.tokens(chat("hi</s>[INST]"))  # type: ignore[attr-defined]
+
+
 SYSTEM = " ".join(f"Rule {i}: answer politely, briefly and accurately about topic number {i}." for i in range(20))
 
 

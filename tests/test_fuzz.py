@@ -235,16 +235,24 @@ def test_malformed_json_rpc_over_stdio_is_survived(tmp_path: Path) -> None:
             proc.stdin.write(line.replace(b"\n", b" ") + b"\n")  # one frame per line, as the transport reads
             proc.stdin.flush()
 
+        received = bytearray()  # read from the pipe ourselves: select() cannot see a BufferedReader's buffer
+
+        def next_line() -> bytes:
+            while b"\n" not in received:
+                ready, _, _ = select.select([proc.stdout], [], [], 60)
+                assert ready, "the server hangs"
+                chunk = os.read(proc.stdout.fileno(), 1 << 16)
+                assert chunk, "the server stopped answering"
+                received.extend(chunk)
+            line, _, rest = bytes(received).partition(b"\n")
+            received[:] = rest
+            return line
+
         def ping(request_id: int) -> None:
             """A good request after garbage is answered (skipping whatever the garbage got back)."""
             send(json.dumps({"jsonrpc": "2.0", "id": f"ping-{request_id}", "method": "ping"}).encode())
-            while True:
-                ready, _, _ = select.select([proc.stdout], [], [], 60)
-                assert ready, "the server hangs"
-                line = proc.stdout.readline()
-                assert line, "the server stopped answering"
-                if json.loads(line).get("id") == f"ping-{request_id}":
-                    return
+            while json.loads(next_line()).get("id") != f"ping-{request_id}":
+                pass
 
         init = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "f", "version": "1"}}
         send(json.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": init}).encode())
