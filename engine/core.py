@@ -58,7 +58,7 @@ class EngineCore:
             batch_tokens=config.batch_tokens,
             group_quantum=config.group_steps,
             prefix_cache_cells=config.prefix_cache_budget,
-            mixed_adapters=runner.mixed_adapters,
+            mixed_adapters=runner.info.mixed_adapter_sets,
         )
         self.adapters = AdapterRegistry(runner)
         self._clock = clock

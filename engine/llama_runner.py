@@ -23,6 +23,7 @@ from engine.adapter_files import AdapterFileBytes
 from engine.adapter_validation import AdapterFileError
 from engine.config import EngineConfig
 from engine.constraints import TokenMask
+from engine.context_adapters import ContextAdapters, OneSetPerStep, PerSequence
 from engine.cpu_share import ThreadGovernor
 from engine.devices import can_offload, gpu_names
 from engine.errors import EngineFailure
@@ -32,7 +33,6 @@ from engine.llama_log import quiet_llama_logs
 from engine.llama_vocab import LlamaVocab
 from engine.request import AdapterKey, SamplingParams
 from engine.sampler import LlamaSampler
-from engine.seq_adapters import SeqAdapters
 from engine.step import StepOutput, StepPlan
 from engine.step_batch import StepBatch
 
@@ -85,7 +85,7 @@ class LlamaRunner:
         ctx_params.no_perf = True
         self._ctx_params = ctx_params
         # One decode for every adapter set where llama.cpp has loramux's patch; else one set per step.
-        self.mixed_adapters = config.mix_adapters and patched
+        self._mixed_adapters = config.mix_adapters and patched
         if not patched:
             logger.warning(
                 "this llama.cpp build lacks loramux's patch (scripts/setup.sh builds it): requests with different "
@@ -112,7 +112,7 @@ class LlamaRunner:
             size_bytes=llama_cpp.llama_model_size(model),
             context_per_request=llama_cpp.llama_n_ctx_seq(ctx),
             max_running_requests=config.max_sequences,
-            mixed_adapter_sets=self.mixed_adapters,
+            mixed_adapter_sets=self._mixed_adapters,
             **_placement(model, model_params.n_gpu_layers, offload),
         )
 
@@ -124,8 +124,9 @@ class LlamaRunner:
         self.memory = llama_cpp.llama_get_memory(ctx)
         if self._invariant_attention:
             llama_patch.set_attn_batch_invariant(ctx, True)
-        self._applied: list[tuple[Any, float]] = []  # the context's adapter set (one set per step)
-        self._seq_adapters = SeqAdapters(ctx, self._ctx_params.n_seq_max) if self.mixed_adapters else None
+        self._adapters: ContextAdapters = (
+            PerSequence(ctx, self._ctx_params.n_seq_max) if self._mixed_adapters else OneSetPerStep(ctx)
+        )
 
     def rebuild_context(self) -> None:
         assert not self._samplers, "every sequence (and its sampler, which points at the context) is gone"
@@ -163,7 +164,9 @@ class LlamaRunner:
             return output
         try:
             self._follow_cpu_share()
-            output.adapter_switched = self._set_step_adapters(plan, adapters)
+            output.adapter_switched = self._adapters.apply(
+                {c.seq.seq_id: adapters[c.seq.adapter_key] for c in plan.chunks}
+            )
             to_sample = self._batch.fill(plan)
             rc = llama_cpp.llama_decode(self.ctx, self._batch.batch)
             if rc != 0:
@@ -217,37 +220,9 @@ class LlamaRunner:
         return adapter
 
     def free_adapter(self, handle: Any) -> None:
-        # The context holds raw pointers to its adapters: detach before freeing.
-        if self._seq_adapters is not None and self._seq_adapters.holds(handle):
-            self._seq_adapters.clear()
-        if any(h is handle for h, _ in self._applied):
-            self._set_adapters([])
+        if self._adapters.holds(handle):  # the context holds raw pointers to its adapters: detach first
+            self._adapters.clear()
         llama_cpp.llama_adapter_lora_free(handle)
-
-    def _set_step_adapters(self, plan: StepPlan, adapters: Mapping[AdapterKey, list[tuple[Any, float]]]) -> bool:
-        if self._seq_adapters is not None:
-            return self._seq_adapters.apply({c.seq.seq_id: adapters[c.seq.adapter_key] for c in plan.chunks})
-        (key,) = {c.seq.adapter_key for c in plan.chunks}  # without the patch a step serves one set
-        return self._set_adapters(adapters[key])
-
-    def _set_adapters(self, adapters: list[tuple[Any, float]]) -> bool:
-        """Make `adapters` the context's set (it applies to every sequence of a decode); True if it changed."""
-        if len(adapters) == len(self._applied) and all(
-            h is h2 and s == s2 for (h, s), (h2, s2) in zip(adapters, self._applied, strict=True)
-        ):
-            return False
-        if not adapters:
-            rc = llama_cpp.llama_set_adapters_lora(self.ctx, None, 0, None)
-        else:
-            n = len(adapters)
-            handles = (llama_cpp.llama_adapter_lora_p_ctypes * n)(*(h for h, _ in adapters))
-            scales = (ctypes.c_float * n)(*(scale for _, scale in adapters))
-            rc = llama_cpp.llama_set_adapters_lora(self.ctx, handles, n, scales)
-        if rc != 0:
-            self._applied = []
-            raise EngineFailure(f"llama_set_adapters_lora returned {rc}")
-        self._applied = list(adapters)
-        return True
 
     # -- metadata ---------------------------------------------------------------------------------------
 

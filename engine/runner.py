@@ -19,7 +19,6 @@ from engine.vocab import Vocab
 class ModelRunner(Protocol):
     info: ModelInfo
     vocab: Vocab  # read-only: the async side tokenizes with it
-    mixed_adapters: bool  # one decode can serve sequences with different adapter sets
 
     def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
         """Base tensor names and shapes, to validate adapters against."""

@@ -55,7 +55,6 @@ class FakeSampler:
 
 class FakeRunner:
     def __init__(self, config: EngineConfig, *, reply: bytes = b"hello world", step_seconds: float = 0.0) -> None:
-        self.mixed_adapters = config.mix_adapters
         self.info = ModelInfo(
             name="fake.gguf",
             description="fake",
@@ -64,6 +63,7 @@ class FakeRunner:
             size_bytes=0,
             context_per_request=config.context_per_sequence,
             max_running_requests=config.max_sequences,
+            mixed_adapter_sets=config.mix_adapters,
         )
         self.vocab = FakeVocab()
         self.reply = reply
@@ -113,7 +113,7 @@ class FakeRunner:
             return output
         if self.step_seconds:
             time.sleep(self.step_seconds)
-        assert self.mixed_adapters or len(plan.adapter_keys) == 1, "without mixing a step serves one set"
+        assert self.info.mixed_adapter_sets or len(plan.adapter_keys) == 1, "without mixing a step serves one set"
         assert set(adapters) == plan.adapter_keys
         if not self.adapter_sets or self.adapter_sets[-1] != adapters:
             self.adapter_sets.append(dict(adapters))

@@ -90,21 +90,20 @@ def test_per_sequence_adapters_change_the_graph_only_when_the_adapter_list_chang
     same list are graph inputs. Each sequence's logits follow its own adapters."""
     from engine.adapter_files import read_adapter_file
 
-    assert runner.mixed_adapters
+    assert runner.info.mixed_adapter_sets
     caps = runner.load_adapter(read_adapter_file(ADAPTERS / "caps.gguf", "caps.gguf"))
     short = runner.load_adapter(read_adapter_file(ADAPTERS / "short.gguf", "short.gguf"))
     try:
-        seq_adapters = runner._seq_adapters
-        assert seq_adapters is not None
-        assert seq_adapters.apply({0: [(caps, 1.0)]}) is True
-        assert seq_adapters.apply({0: [(caps, 1.0)]}) is False  # nothing to do
-        assert seq_adapters.apply({0: [(caps, 0.5)], 1: [(caps, 1.0)]}) is False  # scales only
-        assert seq_adapters.apply({0: [(caps, 1.0)], 1: [(short, 1.0)]}) is True
-        assert seq_adapters.holds(short) and seq_adapters.holds(caps)
+        context_adapters = runner._adapters
+        assert context_adapters.apply({0: [(caps, 1.0)]}) is True
+        assert context_adapters.apply({0: [(caps, 1.0)]}) is False  # nothing to do
+        assert context_adapters.apply({0: [(caps, 0.5)], 1: [(caps, 1.0)]}) is False  # scales only
+        assert context_adapters.apply({0: [(caps, 1.0)], 1: [(short, 1.0)]}) is True
+        assert context_adapters.holds(short) and context_adapters.holds(caps)
         runner.free_adapter(short)  # detaches the context's list first: it holds raw pointers
         short = None
-        assert not seq_adapters.holds(caps)
-        assert seq_adapters.apply({}) is False  # already cleared
+        assert not context_adapters.holds(caps)
+        assert context_adapters.apply({}) is False  # already cleared
     finally:
         for handle in (caps, short):
             if handle is not None:
