@@ -215,7 +215,8 @@ def report(results: dict, args: argparse.Namespace) -> list[str]:
         "llama-server does not call the patch's functions), flash attention on in both (loramux's with the "
         "patch's batch-invariant kernel paths). Streaming "
         "`/v1/completions`, greedy, `ignore_eos`, no prompt cache. Interleaved rounds; ratio = median of "
-        "per-repeat loramux / llama-server. Rounds without adapters go to a llama-server started without "
+        "per-repeat loramux / llama-server (in brackets: the lowest and highest repeat). Rounds without "
+        "adapters go to a llama-server started without "
         "`--lora` (with adapters loaded, it runs all of them in every request, at scale 0 for the unlisted "
         "ones); the adapter round to one started with the 4 adapters and `--lora-init-without-apply`.",
         "",
@@ -225,7 +226,8 @@ def report(results: dict, args: argparse.Namespace) -> list[str]:
     ]
     for (n, adapters), runs in results.items():
         ours, theirs = runs["loramux"], runs["llama-server"]
-        ratio = statistics.median(a.tokens_per_s / b.tokens_per_s for a, b in zip(ours, theirs, strict=True))
+        ratios = [a.tokens_per_s / b.tokens_per_s for a, b in zip(ours, theirs, strict=True)]
+        ratio = statistics.median(ratios)
 
         def tps(rs: list[Round]) -> str:
             return f"{statistics.median(r.tokens_per_s for r in rs):.1f}"
@@ -235,7 +237,8 @@ def report(results: dict, args: argparse.Namespace) -> list[str]:
             return f"{pct(all_ttfts, 50) * 1000:.0f} / {pct(all_ttfts, 99) * 1000:.0f}"
 
         lines.append(
-            f"| {n} | {adapters or '-'} | {tps(ours)} | {tps(theirs)} | **{ratio:.2f}x** | {ttft(ours)} | "
+            f"| {n} | {adapters or '-'} | {tps(ours)} | {tps(theirs)} | **{ratio:.2f}x** "
+            f"({min(ratios):.2f}–{max(ratios):.2f}) | {ttft(ours)} | "
             f"{ttft(theirs)} |"
         )
     return lines

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import random
 
 import llama_cpp
@@ -9,6 +10,14 @@ import numpy as np
 
 from engine.constraints import TokenMask
 from engine.request import SamplingParams
+
+# llama_get_logits_ith returning a plain address: the argmax path reads 49k floats in place, and
+# numpy's ctypes pointer conversion cost more than the argmax itself (~25 µs a call on the decode thread,
+# where every Python line runs with caches cold after llama_decode). A second function object: the
+# llama_cpp module's own binding keeps its restype.
+_logits_address = llama_cpp.llama_cpp._lib["llama_get_logits_ith"]
+_logits_address.argtypes = [llama_cpp.llama_context_p_ctypes, ctypes.c_int32]
+_logits_address.restype = ctypes.c_void_p
 
 
 class LlamaSampler:
@@ -22,6 +31,7 @@ class LlamaSampler:
     ) -> None:
         self._ctx = ctx
         self._n_vocab = n_vocab
+        self._row = ctypes.c_float * n_vocab
         self._mask = mask  # json_schema / grammar: disallowed tokens' logits become -inf first
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         add = llama_cpp.llama_sampler_chain_add
@@ -56,8 +66,10 @@ class LlamaSampler:
     def sample(self, row: int) -> int:
         """Sample from the logits of batch row `row` of the last decode, and accept the token."""
         if self.argmax:
-            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, row), shape=(self._n_vocab,))
-            return int(logits.argmax())
+            address = _logits_address(self._ctx, row)
+            if not address:
+                raise ValueError(f"llama.cpp has no logits for batch row {row}")
+            return int(np.frombuffer(self._row.from_address(address), dtype=np.float32).argmax())
         if self._mask is None:
             return llama_cpp.llama_sampler_sample(self._chain, self._ctx, row)
         self._mask.apply(llama_cpp.llama_get_logits_ith(self._ctx, row))
