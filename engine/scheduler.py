@@ -114,12 +114,14 @@ class Scheduler:
             return []
         admitted = [self.waiting.popleft() for _ in range(n)]
         # Seq ids of one group should be consecutive, since a step serves one group and llama.cpp
-        # co-batches only consecutive ids (see _compact): hand out ids group by group.
+        # co-batches only consecutive ids (see _compact): hand out ids group by group. Within a group,
+        # sequences with the same adapter set go next to each other where they can: when sets mix, the
+        # patched llama.cpp computes an adapter on only its own tokens' rows if they form one or two runs.
         turn = {key: i for i, key in enumerate(self._group_order)}
-        admitted.sort(key=lambda s: (turn.get(self._group(s), len(turn)), self._group(s)))
+        admitted.sort(key=lambda s: (turn.get(self._group(s), len(turn)), self._group(s), s.adapter_key))
         reuses = []
         for seq in admitted:
-            seq.seq_id = self._take_seq_id(self._group(seq))
+            seq.seq_id = self._take_seq_id(self._group(seq), seq.adapter_key)
             seq.status = SeqStatus.RUNNING
             seq.admitted_at = now
             self.running[seq.seq_id] = seq
@@ -128,10 +130,13 @@ class Scheduler:
             reuses.append(reuse)
         return reuses
 
-    def _take_seq_id(self, key: AdapterKey) -> int:
-        """A free id next to a running member of the same group if there is one, else the lowest free id."""
+    def _take_seq_id(self, key: AdapterKey, adapter_key: AdapterKey) -> int:
+        """A free id next to a running member of the same group if there is one (one with the same
+        adapter set first), else the lowest free id."""
         free = self._free_seq_ids
-        for member in self._ids_of(key):
+        members = self._ids_of(key)
+        same_set = [i for i in members if self.running[i].adapter_key == adapter_key]
+        for member in same_set + members:
             for candidate in (member + 1, member - 1):
                 if candidate in free:
                     free.remove(candidate)

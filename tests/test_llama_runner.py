@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import llama_cpp
+import numpy as np
 import pytest
 
 from engine.config import EngineConfig
@@ -32,15 +33,19 @@ def start(runner: LlamaRunner, request_id: int, seq_id: int, tokens: list[int]) 
     return seq
 
 
+def next_chunks(seqs: list[Sequence]) -> list[Chunk]:
+    """Each sequence's prompt if it has no token yet, else its last token."""
+    return [
+        Chunk(s, [s.completion_tokens[-1]], s.next_decode_position, True)
+        if s.completion_tokens
+        else Chunk(s, s.prompt_tokens, 0, True)
+        for s in sorted(seqs, key=lambda s: s.seq_id)
+    ]
+
+
 def decode(runner: LlamaRunner, seqs: list[Sequence], moves: list[tuple[int, int]] | None = None) -> list[int]:
-    """One step: each sequence's prompt if it has no token yet, else its last token; returns sampled tokens."""
-    chunks = []
-    for seq in sorted(seqs, key=lambda s: s.seq_id):
-        if seq.completion_tokens:
-            chunks.append(Chunk(seq, [seq.completion_tokens[-1]], seq.next_decode_position, True))
-        else:
-            chunks.append(Chunk(seq, seq.prompt_tokens, 0, True))
-    output = runner.execute(StepPlan(chunks, moves or []), {(): []})
+    """One step of next_chunks; returns the sampled tokens."""
+    output = runner.execute(StepPlan(next_chunks(seqs), moves or []), {(): []})
     assert not output.failed
     for seq, token in output.sampled:
         seq.completion_tokens.append(token)
@@ -110,6 +115,55 @@ def test_per_sequence_adapters_change_the_graph_only_when_the_adapter_list_chang
                 runner.free_adapter(handle)
 
 
+def test_a_mixed_adapter_step_gives_each_sequence_bitwise_its_solo_logits(runner: LlamaRunner) -> None:
+    """Four sequences over two adapters in one decode (caps on the first and last, short on the second,
+    none on the third), a prompt step then a decode step: each sequence's logits are exactly those it
+    gets alone. The patch computes an adapter on only its own tokens' rows where it covers few of them,
+    and on every row at zero scale for the others where it covers most (as it does alone)."""
+    from engine.adapter_files import read_adapter_file
+
+    caps = runner.load_adapter(read_adapter_file(ADAPTERS / "caps.gguf", "caps.gguf"))
+    short = runner.load_adapter(read_adapter_file(ADAPTERS / "short.gguf", "short.gguf"))
+    handles = {(("caps", 1.0),): [(caps, 1.0)], (("short", 1.0),): [(short, 1.0)], (): []}
+    keys = [(("caps", 1.0),), (("short", 1.0),), (), (("caps", 1.0),)]
+    prompt = runner.vocab.tokenize("The history of the river is", add_special=True, parse_special=False)
+
+    def logits(slots: list[int]) -> dict[int, list[np.ndarray]]:
+        """Each slot's logits after its prompt step and after one decode step, those slots sharing both."""
+        seqs = []
+        for slot in slots:
+            seq = Sequence(50 + slot, prompt, GREEDY, keys[slot], 32, 0.0, 1e9, status=SeqStatus.RUNNING, seq_id=slot)
+            runner.add_sequence(seq.request_id, GREEDY)
+            seqs.append(seq)
+        seen: dict[int, list[np.ndarray]] = {slot: [] for slot in slots}
+        try:
+            for _ in range(2):
+                plan = StepPlan(next_chunks(seqs))
+                output = runner.execute(plan, {k: handles[k] for k in plan.adapter_keys})
+                assert not output.failed
+                for seq, row in runner._batch.fill(plan):
+                    pointer = llama_cpp.llama_get_logits_ith(runner.ctx, row)
+                    seen[seq.seq_id].append(np.ctypeslib.as_array(pointer, shape=(runner.vocab.n_tokens,)).copy())
+                for seq, token in output.sampled:
+                    seq.completion_tokens.append(token)
+        finally:
+            for seq in seqs:
+                runner.remove_sequence(seq.request_id, seq.seq_id)
+        return seen
+
+    try:
+        together = logits([0, 1, 2, 3])
+        for slot in range(4):
+            alone = logits([slot])[slot]
+            assert all(np.array_equal(a, b) for a, b in zip(together[slot], alone, strict=True)), slot
+        assert not np.array_equal(together[0][0], together[2][0])  # the adapters do change the logits
+        assert not np.array_equal(together[1][0], together[2][0])
+    finally:
+        runner._adapters.clear()
+        runner.free_adapter(caps)
+        runner.free_adapter(short)
+
+
 def test_the_greedy_argmax_picks_what_llama_cpps_greedy_sampler_picks(runner: LlamaRunner) -> None:
     """Plain greedy requests skip llama.cpp's sampler chain (an argmax over the logits): same tokens."""
     from engine.sampler import LlamaSampler
@@ -123,12 +177,7 @@ def test_the_greedy_argmax_picks_what_llama_cpps_greedy_sampler_picks(runner: Ll
     try:
         assert all(runner._samplers[s.request_id].argmax for s in seqs)
         for _ in range(12):
-            chunks = [
-                Chunk(s, [s.completion_tokens[-1]], s.next_decode_position, True)
-                if s.completion_tokens
-                else Chunk(s, s.prompt_tokens, 0, True)
-                for s in seqs
-            ]
+            chunks = next_chunks(seqs)
             output = runner.execute(StepPlan(chunks), {(): []})
             rows = {seq.request_id: row for seq, row in runner._batch.fill(StepPlan(chunks))}
             for (seq, token), chain in zip(output.sampled, chains, strict=True):

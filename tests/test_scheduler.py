@@ -322,15 +322,30 @@ def test_mixed_adapters_keep_all_seq_ids_contiguous_after_finishes() -> None:
     """A finish in the middle leaves a hole; with one group for all sets, the highest id moves into it."""
     s = scheduler(max_sequences=4, batch_tokens=64, mixed=True)
     seqs = [make_seq(rid, key=key, max_new_tokens=10) for rid, key in enumerate([A, B, (), A], start=1)]
-    seqs[1].max_new_tokens = 1
+    seqs[0].max_new_tokens = 1
     for q in seqs:
         s.add(q)
     plan = s.schedule(0.0)
     assert plan is not None
-    s.update_from_output(plan, sample_all(plan), 0.0)  # request 2 (seq id 1) finishes
+    s.update_from_output(plan, sample_all(plan), 0.0)  # request 1 (seq id 1: ids go () A A B) finishes
     plan = s.schedule(0.0)
     assert plan is not None and plan.moves == [(3, 1)]
     assert [c.seq.seq_id for c in plan.chunks] == [0, 1, 2]
+
+
+def test_mixed_adapters_seat_the_same_adapter_set_side_by_side() -> None:
+    """With sets mixing, sequences with the same set get neighbouring ids (the patch then computes each
+    adapter on one run of rows), on arrival together and on a later arrival next to its set."""
+    s = scheduler(max_sequences=8, batch_tokens=64, mixed=True)
+    for rid, key in enumerate([A, B, A, B, ()], start=1):
+        s.add(make_seq(rid, key=key))
+    s.schedule(0.0)
+    ids = {key: sorted(i for i, q in s.running.items() if q.adapter_key == key) for key in ((), A, B)}
+    assert ids == {(): [0], A: [1, 2], B: [3, 4]}
+    s.remove(s.running[0])  # a free id at 0, next to A's run...
+    s.add(make_seq(9, key=B))
+    s.schedule(0.0)
+    assert s.running[5].request_id == 9  # ...but B's run ends at 4: the newcomer goes to 5
 
 
 def test_random_mixed_traffic_keeps_invariants() -> None:
