@@ -52,7 +52,6 @@ def _llama_server() -> Path:
     return Path(tree) / "vendor/llama.cpp/build/bin/llama-server"
 
 
-LLAMA_SERVER = _llama_server()
 PROMPTS = [
     "Write a short story about a lighthouse keeper who finds a message in a bottle.",
     "Explain how a bicycle stays upright while it moves.",
@@ -157,8 +156,8 @@ async def one_round(target: Target, n: int, max_tokens: int, adapters: int) -> R
 
 
 @contextmanager
-def llama_server(port: int, threads: int, loras: list[Path]) -> Any:
-    args = [str(LLAMA_SERVER), "-m", str(default_model_path()), "--host", "127.0.0.1", "--port", str(port)]
+def llama_server(binary: Path, port: int, threads: int, loras: list[Path]) -> Any:
+    args = [str(binary), "-m", str(default_model_path()), "--host", "127.0.0.1", "--port", str(port)]
     args += ["-np", str(SLOTS), "-c", str(SLOTS * CONTEXT), "-t", str(threads), "-tb", str(threads)]
     args += ["--no-webui", "--no-cache-prompt", "-b", "256"]
     for lora in loras:
@@ -255,9 +254,10 @@ def main() -> None:
     p.add_argument("--server-args", default="", help="extra loramux options, e.g. '--group-steps 16'")
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/openai_vs_llama_server.md")
     args = p.parse_args()
-    if not LLAMA_SERVER.is_file():
+    binary = _llama_server()
+    if not binary.is_file():
         raise SystemExit(
-            f"no llama-server at {LLAMA_SERVER}: run scripts/build_llama_server.sh (or set LORAMUX_LLAMA_SERVER)"
+            f"no llama-server at {binary}: run scripts/build_llama_server.sh (or set LORAMUX_LLAMA_SERVER)"
         )
     cases = [(int(n), 0) for n in args.levels.split(",")]
     if args.adapter_clients:
@@ -282,8 +282,8 @@ def main() -> None:
         # llama-server runs every loaded adapter in every request's graph (unlisted ones at scale 0):
         # with 4 loaded, base requests measured half as fast. So base rounds go to one without --lora.
         plain_port, lora_port = free_port(), free_port()
-        stack.enter_context(llama_server(plain_port, args.threads, []))
-        stack.enter_context(llama_server(lora_port, args.threads, loras))
+        stack.enter_context(llama_server(binary, plain_port, args.threads, []))
+        stack.enter_context(llama_server(binary, lora_port, args.threads, loras))
         base = json.load(urllib.request.urlopen(url + "/v1/models"))["data"][0]["id"]  # loramux checks `model`
         ours_target = Target(
             "loramux", int(url.rsplit(":", 1)[1]), base, lambda a: {} if a is None else {"model": f"a{a}"}

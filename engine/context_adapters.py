@@ -29,19 +29,19 @@ class ContextAdapters:
 
     def __init__(self, ctx: Any) -> None:
         self._ctx = ctx
-        self._last: dict[int, Sequence[tuple[Any, float]]] = {}
+        self._last: PerSeq = {}
 
     def apply(self, per_seq: PerSeq) -> bool:
-        """Apply the step's adapters; True if the context's adapter list changed."""
-        wanted = {seq: pairs for seq, pairs in per_seq.items() if pairs}
-        if wanted == self._last:
+        """Apply the step's adapters (sequences without any left out); True if the context's adapter list
+        changed."""
+        if per_seq == self._last:
             return False
         try:
-            changed = self._set(wanted)
+            changed = self._set(per_seq)
         except BaseException:
             self._last = {}
             raise
-        self._last = wanted
+        self._last = per_seq
         return changed
 
     def holds(self, handle: Any) -> bool:
@@ -51,7 +51,7 @@ class ContextAdapters:
     def clear(self) -> None:
         self.apply({})
 
-    def _set(self, per_seq: dict[int, Sequence[tuple[Any, float]]]) -> bool:
+    def _set(self, per_seq: PerSeq) -> bool:
         raise NotImplementedError
 
 
@@ -62,7 +62,7 @@ class OneSetPerStep(ContextAdapters):
         super().__init__(ctx)
         self._set_now: tuple[tuple[Any, float], ...] = ()
 
-    def _set(self, per_seq: dict[int, Sequence[tuple[Any, float]]]) -> bool:
+    def _set(self, per_seq: PerSeq) -> bool:
         adapters = tuple(next(iter(per_seq.values()), ()))
         assert all(tuple(pairs) == adapters for pairs in per_seq.values()), "a step serves one set without the patch"
         if adapters == self._set_now:  # other sequences, the same set
@@ -86,7 +86,7 @@ class PerSequence(ContextAdapters):
         self._n_seq = n_seq
         self._adapters: tuple[int, ...] = ()  # the context's list, as addresses
 
-    def _set(self, per_seq: dict[int, Sequence[tuple[Any, float]]]) -> bool:
+    def _set(self, per_seq: PerSeq) -> bool:
         scales = {seq: [(_address(h), s) for h, s in pairs] for seq, pairs in per_seq.items()}
         # A fixed order (by address): a sequence with two adapters adds their terms in the same order
         # whichever others share the step, so its sums are the same alone and batched.

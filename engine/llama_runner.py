@@ -165,7 +165,7 @@ class LlamaRunner:
         try:
             self._follow_cpu_share()
             output.adapter_switched = self._adapters.apply(
-                {c.seq.seq_id: adapters[c.seq.adapter_key] for c in plan.chunks}
+                {c.seq.seq_id: pairs for c in plan.chunks if (pairs := adapters[c.seq.adapter_key])}
             )
             to_sample = self._batch.fill(plan)
             rc = llama_cpp.llama_decode(self.ctx, self._batch.batch)

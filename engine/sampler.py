@@ -30,7 +30,6 @@ class LlamaSampler:
         self, ctx: llama_cpp.llama_context_p, n_vocab: int, params: SamplingParams, mask: TokenMask | None = None
     ) -> None:
         self._ctx = ctx
-        self._n_vocab = n_vocab
         self._row = ctypes.c_float * n_vocab
         self._mask = mask  # json_schema / grammar: disallowed tokens' logits become -inf first
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())

@@ -134,9 +134,8 @@ class Scheduler:
         """A free id next to a running member of the same group if there is one (one with the same
         adapter set first), else the lowest free id."""
         free = self._free_seq_ids
-        members = self._ids_of(key)
-        same_set = [i for i in members if self.running[i].adapter_key == adapter_key]
-        for member in same_set + members:
+        members = sorted(self._ids_of(key), key=lambda i: self.running[i].adapter_key != adapter_key)
+        for member in members:
             for candidate in (member + 1, member - 1):
                 if candidate in free:
                     free.remove(candidate)
