@@ -164,6 +164,55 @@ def test_a_mixed_adapter_step_gives_each_sequence_bitwise_its_solo_logits(runner
         runner.free_adapter(short)
 
 
+def test_the_compute_buffer_reserved_for_an_adapter_list_does_not_depend_on_the_scales(runner: LlamaRunner) -> None:
+    """Scales change without a re-reserve, and a graph bigger than the reserved one grows the compute buffer
+    in the middle of serving (on a GPU, a new device allocation between two steps). So the reserve for a list
+    of adapters must cover any scales: the same size whether one sequence applies each adapter (computed on
+    its rows alone) or every sequence applies both (on every row). Read from llama.cpp's reserve log line."""
+    import ctypes
+
+    from engine.adapter_files import read_adapter_file
+    from engine.llama_log import quiet_llama_logs
+
+    caps = runner.load_adapter(read_adapter_file(ADAPTERS / "caps.gguf", "caps.gguf"))
+    short = runner.load_adapter(read_adapter_file(ADAPTERS / "short.gguf", "short.gguf"))
+    prompt = runner.vocab.tokenize("The history of the river is", add_special=True, parse_special=False)
+    lines: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def capture(_level: int, text: bytes | None, _user_data: ctypes.c_void_p) -> None:
+        if text and b"compute buffer size" in text:
+            lines.append(text.decode())
+
+    def reserved(keys: list[tuple]) -> list[str]:
+        """The sizes logged by the reserve of a prompt step of one sequence per key (the list changed)."""
+        handles = {key: [(caps if name == "caps" else short, scale) for name, scale in key] for key in keys}
+        seqs = [Sequence(70 + i, prompt, GREEDY, key, 32, 0.0, 1e9, status=SeqStatus.RUNNING, seq_id=i)
+                for i, key in enumerate(keys)]  # fmt: skip
+        for seq in seqs:
+            runner.add_sequence(seq.request_id, GREEDY)
+        lines.clear()
+        try:
+            plan = StepPlan(next_chunks(seqs))
+            assert not runner.execute(plan, {k: handles[k] for k in plan.adapter_keys}).failed
+        finally:
+            for seq in seqs:
+                runner.remove_sequence(seq.request_id, seq.seq_id)
+        return list(lines)
+
+    llama_cpp.llama_log_set(capture, ctypes.c_void_p(0))
+    try:
+        one_each = reserved([(("caps", 1.0),), (("short", 1.0),)])
+        assert reserved([()]) and one_each  # clearing the list reserves too: the next one is a new reserve
+        both = (("caps", 1.0), ("short", 1.0))
+        assert reserved([both] * 4) == one_each
+    finally:
+        quiet_llama_logs()
+        runner._adapters.clear()
+        runner.free_adapter(caps)
+        runner.free_adapter(short)
+
+
 def test_the_greedy_argmax_picks_what_llama_cpps_greedy_sampler_picks(runner: LlamaRunner) -> None:
     """Plain greedy requests skip llama.cpp's sampler chain (an argmax over the logits): same tokens."""
     from engine.sampler import LlamaSampler
