@@ -71,6 +71,7 @@ class Round:
     tokens: int
     wall_s: float
     ttfts: list[float]
+    texts: list[str]
 
     @property
     def tokens_per_s(self) -> float:
@@ -94,13 +95,17 @@ class Target:
             "repeat_penalty": 1.0,
             "ignore_eos": True,
             "stream": True,
+            "stream_options": {"include_usage": True},
             "model": self._model,
         }
         return body | self._adapter_field(adapter)
 
 
-async def stream_once(port: int, body: dict[str, Any]) -> tuple[int, float]:
-    """POST a streaming completion; return (tokens received, seconds to the first token)."""
+async def stream_once(port: int, body: dict[str, Any]) -> tuple[int, float, str]:
+    """POST a streaming completion; return (tokens generated, seconds to the first text, the text).
+
+    Tokens are the server's own count (`usage` in the last chunk): a token without text of its own (a special
+    token, part of a character) sends no text chunk."""
     start = time.perf_counter()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     payload = json.dumps(body).encode()
@@ -113,7 +118,7 @@ async def stream_once(port: int, body: dict[str, Any]) -> tuple[int, float]:
         raise RuntimeError(f"HTTP error: {head!r} {await reader.read()!r}")
     chunked = b"transfer-encoding: chunked" in head.lower()
     buffer = b""
-    tokens, ttft = 0, 0.0
+    tokens, ttft, text = 0, 0.0, []
     while True:
         if chunked:
             size = int((await reader.readline()).strip() or b"0", 16)
@@ -133,11 +138,15 @@ async def stream_once(port: int, body: dict[str, Any]) -> tuple[int, float]:
                 continue
             chunk = json.loads(line[6:])
             if chunk.get("choices") and chunk["choices"][0].get("text"):
-                if tokens == 0:
+                if not text:
                     ttft = time.perf_counter() - start
-                tokens += 1  # both servers send one chunk per generated token
+                text.append(chunk["choices"][0]["text"])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
     writer.close()
-    return tokens, ttft
+    if not tokens:
+        raise RuntimeError(f"no usage in the stream of {body!r}")
+    return tokens, ttft, "".join(text)
 
 
 async def one_round(target: Target, n: int, max_tokens: int, adapters: int) -> Round:
@@ -152,7 +161,7 @@ async def one_round(target: Target, n: int, max_tokens: int, adapters: int) -> R
         )
     )
     wall = time.perf_counter() - start
-    return Round(sum(t for t, _ in results), wall, [f for _, f in results])
+    return Round(sum(t for t, _, _ in results), wall, [f for _, f, _ in results], [x for _, _, x in results])
 
 
 @contextmanager
@@ -201,6 +210,12 @@ async def compare(
     return results
 
 
+def same_text(ours: list[Round], theirs: list[Round]) -> str:
+    """How many requests got exactly the same text from both servers (greedy: the same tokens)."""
+    pairs = [(a, b) for x, y in zip(ours, theirs, strict=True) for a, b in zip(x.texts, y.texts, strict=True)]
+    return f"{sum(a == b for a, b in pairs)}/{len(pairs)}"
+
+
 def report(results: dict, args: argparse.Namespace) -> list[str]:
     lines = [
         "# loramux OpenAI endpoint vs llama-server",
@@ -213,15 +228,16 @@ def report(results: dict, args: argparse.Namespace) -> list[str]:
         "llama.cpp from llama-cpp-python 0.3.36's sources with loramux's patch for both (GGML_LLAMAFILE=OFF; "
         "llama-server does not call the patch's functions), flash attention on in both (loramux's with the "
         "patch's batch-invariant kernel paths). Streaming "
-        "`/v1/completions`, greedy, `ignore_eos`, no prompt cache. Interleaved rounds; ratio = median of "
+        "`/v1/completions`, greedy, `ignore_eos` (end-of-generation tokens never sampled, in both), no prompt "
+        "cache; tokens are each server's own `usage` count. Interleaved rounds; ratio = median of "
         "per-repeat loramux / llama-server (in brackets: the lowest and highest repeat). Rounds without "
         "adapters go to a llama-server started without "
         "`--lora` (with adapters loaded, it runs all of them in every request, at scale 0 for the unlisted "
         "ones); the adapter round to one started with the 4 adapters and `--lora-init-without-apply`.",
         "",
         "| clients | adapters | loramux tok/s | llama-server tok/s | ratio | loramux TTFT p50 / p99 (ms) "
-        "| llama-server TTFT p50 / p99 (ms) |",
-        "|---|---|---|---|---|---|---|",
+        "| llama-server TTFT p50 / p99 (ms) | same text |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for (n, adapters), runs in results.items():
         ours, theirs = runs["loramux"], runs["llama-server"]
@@ -238,7 +254,7 @@ def report(results: dict, args: argparse.Namespace) -> list[str]:
         lines.append(
             f"| {n} | {adapters or '-'} | {tps(ours)} | {tps(theirs)} | **{ratio:.2f}x** "
             f"({min(ratios):.2f}–{max(ratios):.2f}) | {ttft(ours)} | "
-            f"{ttft(theirs)} |"
+            f"{ttft(theirs)} | {same_text(ours, theirs)} |"
         )
     return lines
 

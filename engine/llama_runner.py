@@ -98,6 +98,7 @@ class LlamaRunner:
             raise
         ctx = self.ctx
         self.vocab = LlamaVocab(model)
+        self.vocab.eog_tokens  # noqa: B018  (found once, at load: a pass over the vocabulary)
         self.max_sequences = config.max_sequences
         self._batch = StepBatch(capacity)
         self._governor = ThreadGovernor(config.threads) if config.adaptive_threads else None
@@ -138,7 +139,8 @@ class LlamaRunner:
 
     def add_sequence(self, request_id: int, sampling: SamplingParams, constraint: Any = None) -> None:
         mask = TokenMask(constraint, self.vocab.n_tokens) if constraint is not None else None
-        self._samplers[request_id] = LlamaSampler(self.ctx, self.vocab.n_tokens, sampling, mask)
+        banned = self.vocab.eog_tokens if sampling.ignore_eos else ()
+        self._samplers[request_id] = LlamaSampler(self.ctx, self.vocab.n_tokens, sampling, mask, banned)
 
     def remove_sequence(self, request_id: int | None, seq_id: int | None) -> None:
         sampler = self._samplers.pop(request_id, None)

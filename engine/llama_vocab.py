@@ -4,6 +4,7 @@ side tokenizes prompts in worker threads while the decode thread runs (llama-ser
 from __future__ import annotations
 
 import ctypes
+import functools
 
 import llama_cpp
 
@@ -50,6 +51,11 @@ class LlamaVocab:
 
     def is_eog(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+    @functools.cached_property
+    def eog_tokens(self) -> tuple[int, ...]:
+        """Every end-of-generation token (EOS, EOT, <|im_end|>, ...): one pass over the vocabulary, once."""
+        return tuple(t for t in range(self.n_tokens) if llama_cpp.llama_vocab_is_eog(self._vocab, t))
 
     @property
     def bos_token(self) -> int:

@@ -68,7 +68,11 @@ class SamplingParams(BaseModel):
         max_length=MAX_STOP_STRINGS,
         description="Strings that end generation, matched across token boundaries; not included in the text.",
     )
-    ignore_eos: bool = Field(False, description="Keep generating past the model's end token (benchmarks).")
+    ignore_eos: bool = Field(
+        False,
+        description="Never sample the model's end-of-generation tokens, so the output runs to max_tokens "
+        "(benchmarks; as llama-server's ignore_eos).",
+    )
 
 
 class GenerateRequest(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import random
+from collections.abc import Sequence
 
 import llama_cpp
 import numpy as np
@@ -24,16 +25,26 @@ class LlamaSampler:
     """One chain per request: penalties → top-k → top-p → min-p → temperature → seeded draw (or greedy),
     after the constraint's token mask when the request has one. Plain greedy (no penalties, no mask) is an
     argmax over the logits: llama.cpp's chain would copy all 49k logits into a candidate array first
-    (~0.25 ms per sequence per step, on the decode thread); both take the first maximum on ties."""
+    (~0.25 ms per sequence per step, on the decode thread); both take the first maximum on ties.
+    `banned` tokens are never sampled (ignore_eos: the end-of-generation tokens, as in llama-server)."""
 
     def __init__(
-        self, ctx: llama_cpp.llama_context_p, n_vocab: int, params: SamplingParams, mask: TokenMask | None = None
+        self,
+        ctx: llama_cpp.llama_context_p,
+        n_vocab: int,
+        params: SamplingParams,
+        mask: TokenMask | None = None,
+        banned: Sequence[int] = (),
     ) -> None:
         self._ctx = ctx
         self._row = ctypes.c_float * n_vocab
         self._mask = mask  # json_schema / grammar: disallowed tokens' logits become -inf first
+        self._banned = np.array(banned, dtype=np.intp) if banned else None
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         add = llama_cpp.llama_sampler_chain_add
+        if banned:
+            biases = (llama_cpp.llama_logit_bias * len(banned))(*((t, -np.inf) for t in banned))
+            add(chain, llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(banned), biases))
         penalised = (params.repeat_penalty != 1.0, params.frequency_penalty != 0.0, params.presence_penalty != 0.0)
         penalties = any(penalised) and params.repeat_last_n > 0
         self.argmax = params.temperature == 0.0 and not penalties and mask is None
@@ -68,7 +79,10 @@ class LlamaSampler:
             address = _logits_address(self._ctx, row)
             if not address:
                 raise ValueError(f"llama.cpp has no logits for batch row {row}")
-            return int(np.frombuffer(self._row.from_address(address), dtype=np.float32).argmax())
+            logits = np.frombuffer(self._row.from_address(address), dtype=np.float32)
+            if self._banned is not None:
+                logits[self._banned] = -np.inf
+            return int(logits.argmax())
         if self._mask is None:
             return llama_cpp.llama_sampler_sample(self._chain, self._ctx, row)
         self._mask.apply(llama_cpp.llama_get_logits_ith(self._ctx, row))

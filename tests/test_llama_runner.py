@@ -164,6 +164,58 @@ def test_a_mixed_adapter_step_gives_each_sequence_bitwise_its_solo_logits(runner
         runner.free_adapter(short)
 
 
+@pytest.mark.parametrize("name", ["caps.gguf", "short.gguf"])
+def test_per_sequence_adapters_compute_what_stock_llama_cpp_computes(runner: LlamaRunner, name: str) -> None:
+    """The patch's LoRA (each token's scale on the rank-r intermediate, B transposed in F32 on the CPU)
+    against stock llama_set_adapters_lora, on one prompt in a context of their own. Not bit for bit: the
+    sums run in another order, and this model's logits move by ~0.5 even under an exact rewrite of stock
+    LoRA (the adapter twice at half scale), since every matmul quantizes its activations. So the patch's
+    logits must be as close to stock's as that rewrite is, while the adapter moves them far more."""
+    import ctypes
+
+    from engine import llama_patch
+
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx, params.n_seq_max, params.kv_unified, params.n_threads = 512, 2, False, 2
+    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    ctx = llama_cpp.llama_init_from_model(runner.model, params)
+    path = str(ADAPTERS / name).encode()
+    adapters = [llama_cpp.llama_adapter_lora_init(runner.model, path) for _ in range(2)]
+    prompt = runner.vocab.tokenize("The history of the river is", add_special=True, parse_special=False)
+    tokens = (llama_cpp.llama_token * len(prompt))(*prompt)
+
+    def logits() -> np.ndarray:
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+        assert llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(tokens, len(prompt))) == 0
+        row = llama_cpp.llama_get_logits_ith(ctx, -1)
+        return np.ctypeslib.as_array(row, shape=(runner.vocab.n_tokens,)).copy().astype(np.float64)
+
+    def stock(pairs: list[tuple[object, float]]) -> np.ndarray:
+        handles = (llama_cpp.llama_adapter_lora_p_ctypes * len(pairs))(*(h for h, _ in pairs))
+        scales = (ctypes.c_float * len(pairs))(*(s for _, s in pairs))
+        llama_cpp.llama_set_adapters_lora(ctx, handles, len(pairs), scales)
+        return logits()
+
+    try:
+        base = stock([])
+        reference = stock([(adapters[0], 1.0)])
+        halves = stock([(adapters[0], 0.5), (adapters[1], 0.5)])
+        handle = (ctypes.c_void_p * 1)(ctypes.cast(adapters[0], ctypes.c_void_p).value)
+        assert llama_patch.set_adapters_lora_seq(ctx, handle, 1, (ctypes.c_float * 2)(1.0, 1.0), 2) == 0
+        patched = logits()
+        llama_patch.set_adapters_lora_seq(ctx, None, 0, None, 0)
+    finally:
+        for adapter in adapters:
+            llama_cpp.llama_adapter_lora_free(adapter)
+        llama_cpp.llama_free(ctx)
+
+    rewrite = np.abs(halves - reference).max()
+    effect = np.abs(reference - base).max()
+    assert effect > 2 * rewrite  # the adapter moves the logits well beyond the rewrite's noise
+    assert np.abs(patched - reference).max() <= 1.5 * rewrite
+    assert np.corrcoef(patched - base, reference - base)[0, 1] > 0.95
+
+
 def test_the_compute_buffer_reserved_for_an_adapter_list_does_not_depend_on_the_scales(runner: LlamaRunner) -> None:
     """Scales change without a re-reserve, and a graph bigger than the reserved one grows the compute buffer
     in the middle of serving (on a GPU, a new device allocation between two steps). So the reserve for a list
@@ -211,6 +263,37 @@ def test_the_compute_buffer_reserved_for_an_adapter_list_does_not_depend_on_the_
         runner._adapters.clear()
         runner.free_adapter(caps)
         runner.free_adapter(short)
+
+
+def test_ignore_eos_never_samples_an_end_of_generation_token(runner: LlamaRunner) -> None:
+    """As llama-server does: the end-of-generation tokens are banned, so the text goes on as the model's most
+    likely non-ending continuation (vLLM instead samples them and goes on, which gives invisible special
+    tokens and a new chat turn). On the argmax path and on llama.cpp's chain, greedy and sampled."""
+    eog = set(runner.vocab.eog_tokens)
+    assert runner.vocab.eos_token in eog
+    chat = "<|im_start|>user\nSay hi.<|im_end|>\n<|im_start|>assistant\n"
+    prompt = runner.vocab.tokenize(chat, add_special=True, parse_special=True)
+
+    def generate(sampling: SamplingParams, n: int = 40) -> list[int]:
+        seq = Sequence(90, prompt, sampling, (), n, 0.0, 1e9, status=SeqStatus.RUNNING, seq_id=0)
+        runner.add_sequence(seq.request_id, sampling)
+        try:
+            for _ in range(n):
+                (token,) = decode(runner, [seq])
+                if token in eog and not sampling.ignore_eos:
+                    break
+        finally:
+            runner.remove_sequence(seq.request_id, seq.seq_id)
+        return seq.completion_tokens
+
+    for sampling in (GREEDY, SamplingParams(temperature=0.0, repeat_penalty=1.1)):
+        ends = generate(sampling)
+        assert ends[-1] in eog and len(ends) < 40  # the model does end here
+        goes_on = generate(sampling.model_copy(update={"ignore_eos": True}))
+        assert len(goes_on) == 40 and not eog.intersection(goes_on)
+        assert goes_on[: len(ends) - 1] == ends[:-1]  # the same text up to where it would have ended
+    sampled = generate(SamplingParams(temperature=1.0, seed=7, ignore_eos=True), 64)
+    assert len(sampled) == 64 and not eog.intersection(sampled)
 
 
 def test_the_greedy_argmax_picks_what_llama_cpps_greedy_sampler_picks(runner: LlamaRunner) -> None:
