@@ -4,11 +4,13 @@ model, prompts, lengths and threads.
     bash scripts/build_llama_server.sh                    # once: llama-server from the same llama.cpp tree
     .venv/bin/python -m bench.bench_openai                # writes bench/results/openai_vs_llama_server.md
 
-Both servers run at once and idle while the other works. Each repeat sends the same N concurrent
+Both servers run at once and idle while the other works. Each round sends the same N concurrent
 streaming /v1/completions requests (greedy, ignore_eos, max_tokens tokens) to one, then the other,
-alternating which goes first. Reported per server: aggregate generated tokens/s (all tokens / wall
-time of the round) and time to first token p50/p99 over every request of every repeat; the ratio is
-loramux / llama-server, taken per repeat then the median.
+alternating which goes first; a case runs --repeats rounds, or more where it has fewer clients than the
+largest case, so that every case generates as many tokens. Reported per server: aggregate generated
+tokens/s (all tokens, by the server's own `usage`, / wall time of the round) and time to first text
+p50/p99 over every request of every round; the ratio is loramux / llama-server, taken per round then the
+median; and how many requests got the same text from both (greedy: the same tokens).
 
 The client is a small asyncio HTTP/1.1 reader (no client library): on 2 cores the client shares the
 CPU with the server under test, so it should cost as little as possible, and the same for both.
@@ -192,16 +194,23 @@ def llama_server(binary: Path, port: int, threads: int, loras: list[Path]) -> An
         proc.wait()
 
 
+def rounds(repeats: int, n: int, most: int) -> int:
+    """Rounds of a case of n clients: `repeats`, or more, so that each case generates as many tokens as the
+    one with the most clients. A 1-client round is short and its ratio noisy (single rounds range ±5% here)."""
+    return max(repeats, -(-repeats * most // n))
+
+
 async def compare(
     targets_for: Callable[[int], list[Target]], cases: list[tuple[int, int]], repeats: int, max_tokens: int
 ) -> dict:
     results: dict[tuple[int, int], dict[str, list[Round]]] = {}
+    most = max(n for n, _ in cases)
     for n, adapters in cases:
         targets = targets_for(adapters)
         for target in targets:  # warm up: page in weights (and adapters), build graphs
             await one_round(target, max(2, adapters), 8, adapters)
         runs: dict[str, list[Round]] = {t.label: [] for t in targets}
-        for r in range(repeats):
+        for r in range(rounds(repeats, n, most)):
             for target in targets if r % 2 == 0 else list(reversed(targets)):
                 runs[target.label].append(await one_round(target, n, max_tokens, adapters))
         results[(n, adapters)] = runs
@@ -229,15 +238,16 @@ def report(results: dict, args: argparse.Namespace) -> list[str]:
         "llama-server does not call the patch's functions), flash attention on in both (loramux's with the "
         "patch's batch-invariant kernel paths). Streaming "
         "`/v1/completions`, greedy, `ignore_eos` (end-of-generation tokens never sampled, in both), no prompt "
-        "cache; tokens are each server's own `usage` count. Interleaved rounds; ratio = median of "
-        "per-repeat loramux / llama-server (in brackets: the lowest and highest repeat). Rounds without "
+        "cache; tokens are each server's own `usage` count. Interleaved rounds, as many per case as make it "
+        "generate the tokens of `--repeats` rounds of the most clients; ratio = median of per-round "
+        "loramux / llama-server (in brackets: the lowest and highest round). Rounds without "
         "adapters go to a llama-server started without "
         "`--lora` (with adapters loaded, it runs all of them in every request, at scale 0 for the unlisted "
         "ones); the adapter round to one started with the 4 adapters and `--lora-init-without-apply`.",
         "",
-        "| clients | adapters | loramux tok/s | llama-server tok/s | ratio | loramux TTFT p50 / p99 (ms) "
+        "| clients | adapters | rounds | loramux tok/s | llama-server tok/s | ratio | loramux TTFT p50 / p99 (ms) "
         "| llama-server TTFT p50 / p99 (ms) | same text |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for (n, adapters), runs in results.items():
         ours, theirs = runs["loramux"], runs["llama-server"]
@@ -252,7 +262,7 @@ def report(results: dict, args: argparse.Namespace) -> list[str]:
             return f"{pct(all_ttfts, 50) * 1000:.0f} / {pct(all_ttfts, 99) * 1000:.0f}"
 
         lines.append(
-            f"| {n} | {adapters or '-'} | {tps(ours)} | {tps(theirs)} | **{ratio:.2f}x** "
+            f"| {n} | {adapters or '-'} | {len(ours)} | {tps(ours)} | {tps(theirs)} | **{ratio:.2f}x** "
             f"({min(ratios):.2f}–{max(ratios):.2f}) | {ttft(ours)} | "
             f"{ttft(theirs)} | {same_text(ours, theirs)} |"
         )
