@@ -196,7 +196,7 @@ def llama_server(binary: Path, port: int, threads: int, loras: list[Path]) -> An
 
 def rounds(repeats: int, n: int, most: int) -> int:
     """Rounds of a case of n clients: `repeats`, or more, so that each case generates as many tokens as the
-    one with the most clients. A 1-client round is short and its ratio noisy (single rounds range ±5% here)."""
+    one with the most clients. A 1-client round is short and its ratio noisy (single rounds range 0.84–1.13x here)."""
     return max(repeats, -(-repeats * most // n))
 
 

@@ -98,7 +98,6 @@ class LlamaRunner:
             raise
         ctx = self.ctx
         self.vocab = LlamaVocab(model)
-        self.vocab.eog_tokens  # noqa: B018  (found once, at load: a pass over the vocabulary)
         self.max_sequences = config.max_sequences
         self._batch = StepBatch(capacity)
         self._governor = ThreadGovernor(config.threads) if config.adaptive_threads else None

@@ -4,7 +4,6 @@ side tokenizes prompts in worker threads while the decode thread runs (llama-ser
 from __future__ import annotations
 
 import ctypes
-import functools
 
 import llama_cpp
 
@@ -15,6 +14,8 @@ class LlamaVocab:
         self._vocab = llama_cpp.llama_model_get_vocab(model)
         self.n_tokens = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self.pointer = self._vocab  # for llguidance's token table (engine/constraints.py)
+        # every end-of-generation token (EOS, EOT, <|im_end|>, ...): ends a sequence; ignore_eos bans them
+        self.eog_tokens = frozenset(t for t in range(self.n_tokens) if llama_cpp.llama_vocab_is_eog(self._vocab, t))
         # token → bytes, filled lazily; a dict assignment is atomic under the GIL, and a racing fill
         # writes the same value.
         self._pieces: dict[int, bytes] = {}
@@ -50,12 +51,7 @@ class LlamaVocab:
             size = -n
 
     def is_eog(self, token: int) -> bool:
-        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
-
-    @functools.cached_property
-    def eog_tokens(self) -> tuple[int, ...]:
-        """Every end-of-generation token (EOS, EOT, <|im_end|>, ...): one pass over the vocabulary, once."""
-        return tuple(t for t in range(self.n_tokens) if llama_cpp.llama_vocab_is_eog(self._vocab, t))
+        return token in self.eog_tokens
 
     @property
     def bos_token(self) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import random
-from collections.abc import Sequence
+from collections.abc import Collection
 
 import llama_cpp
 import numpy as np
@@ -34,17 +34,14 @@ class LlamaSampler:
         n_vocab: int,
         params: SamplingParams,
         mask: TokenMask | None = None,
-        banned: Sequence[int] = (),
+        banned: Collection[int] = (),
     ) -> None:
         self._ctx = ctx
         self._row = ctypes.c_float * n_vocab
         self._mask = mask  # json_schema / grammar: disallowed tokens' logits become -inf first
-        self._banned = np.array(banned, dtype=np.intp) if banned else None
+        self._banned = np.fromiter(banned, dtype=np.intp) if banned else None
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         add = llama_cpp.llama_sampler_chain_add
-        if banned:
-            biases = (llama_cpp.llama_logit_bias * len(banned))(*((t, -np.inf) for t in banned))
-            add(chain, llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(banned), biases))
         penalised = (params.repeat_penalty != 1.0, params.frequency_penalty != 0.0, params.presence_penalty != 0.0)
         penalties = any(penalised) and params.repeat_last_n > 0
         self.argmax = params.temperature == 0.0 and not penalties and mask is None
@@ -75,14 +72,16 @@ class LlamaSampler:
 
     def sample(self, row: int) -> int:
         """Sample from the logits of batch row `row` of the last decode, and accept the token."""
-        if self.argmax:
+        if self.argmax or self._banned is not None:
+            # banned tokens' logits become -inf in place, where the argmax and llama.cpp's chain both read
             address = _logits_address(self._ctx, row)
             if not address:
                 raise ValueError(f"llama.cpp has no logits for batch row {row}")
             logits = np.frombuffer(self._row.from_address(address), dtype=np.float32)
             if self._banned is not None:
                 logits[self._banned] = -np.inf
-            return int(logits.argmax())
+            if self.argmax:
+                return int(logits.argmax())
         if self._mask is None:
             return llama_cpp.llama_sampler_sample(self._chain, self._ctx, row)
         self._mask.apply(llama_cpp.llama_get_logits_ith(self._ctx, row))

@@ -3,8 +3,9 @@ adapters (loramux's llama.cpp patch) are set only when they change."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import llama_cpp
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 
 from engine.config import EngineConfig
 from engine.llama_runner import LlamaRunner
-from engine.request import SamplingParams
+from engine.request import AdapterKey, SamplingParams
 from engine.sequence import SeqStatus, Sequence
 from engine.step import Chunk, StepPlan
 
@@ -25,6 +26,18 @@ def runner() -> Iterator[LlamaRunner]:
     r = LlamaRunner(EngineConfig(max_sequences=4, context_per_sequence=256))
     yield r
     r.close()
+
+
+@pytest.fixture
+def demo_adapters(runner: LlamaRunner) -> Iterator[Callable[[AdapterKey], list[tuple[Any, float]]]]:
+    """caps and short loaded; yields what maps an adapter key such as (("caps", 1.0),) to its handles."""
+    from engine.adapter_files import read_adapter_file
+
+    loaded = {n: runner.load_adapter(read_adapter_file(ADAPTERS / f"{n}.gguf", f"{n}.gguf")) for n in ("caps", "short")}
+    yield lambda key: [(loaded[name], scale) for name, scale in key]
+    runner._adapters.clear()  # the context holds raw pointers to them
+    for handle in loaded.values():
+        runner.free_adapter(handle)
 
 
 def start(runner: LlamaRunner, request_id: int, seq_id: int, tokens: list[int]) -> Sequence:
@@ -115,16 +128,13 @@ def test_per_sequence_adapters_change_the_graph_only_when_the_adapter_list_chang
                 runner.free_adapter(handle)
 
 
-def test_a_mixed_adapter_step_gives_each_sequence_bitwise_its_solo_logits(runner: LlamaRunner) -> None:
+def test_a_mixed_adapter_step_gives_each_sequence_bitwise_its_solo_logits(
+    runner: LlamaRunner, demo_adapters: Callable[[AdapterKey], list[tuple[Any, float]]]
+) -> None:
     """Four sequences over two adapters in one decode (caps on the first and last, short on the second,
     none on the third), a prompt step then a decode step: each sequence's logits are exactly those it
     gets alone. The patch computes an adapter on only its own tokens' rows where it covers few of them,
     and on every row at zero scale for the others where it covers most (as it does alone)."""
-    from engine.adapter_files import read_adapter_file
-
-    caps = runner.load_adapter(read_adapter_file(ADAPTERS / "caps.gguf", "caps.gguf"))
-    short = runner.load_adapter(read_adapter_file(ADAPTERS / "short.gguf", "short.gguf"))
-    handles = {(("caps", 1.0),): [(caps, 1.0)], (("short", 1.0),): [(short, 1.0)], (): []}
     keys = [(("caps", 1.0),), (("short", 1.0),), (), (("caps", 1.0),)]
     prompt = runner.vocab.tokenize("The history of the river is", add_special=True, parse_special=False)
 
@@ -139,7 +149,7 @@ def test_a_mixed_adapter_step_gives_each_sequence_bitwise_its_solo_logits(runner
         try:
             for _ in range(2):
                 plan = StepPlan(next_chunks(seqs))
-                output = runner.execute(plan, {k: handles[k] for k in plan.adapter_keys})
+                output = runner.execute(plan, {k: demo_adapters(k) for k in plan.adapter_keys})
                 assert not output.failed
                 for seq, row in runner._batch.fill(plan):
                     pointer = llama_cpp.llama_get_logits_ith(runner.ctx, row)
@@ -151,17 +161,12 @@ def test_a_mixed_adapter_step_gives_each_sequence_bitwise_its_solo_logits(runner
                 runner.remove_sequence(seq.request_id, seq.seq_id)
         return seen
 
-    try:
-        together = logits([0, 1, 2, 3])
-        for slot in range(4):
-            alone = logits([slot])[slot]
-            assert all(np.array_equal(a, b) for a, b in zip(together[slot], alone, strict=True)), slot
-        assert not np.array_equal(together[0][0], together[2][0])  # the adapters do change the logits
-        assert not np.array_equal(together[1][0], together[2][0])
-    finally:
-        runner._adapters.clear()
-        runner.free_adapter(caps)
-        runner.free_adapter(short)
+    together = logits([0, 1, 2, 3])
+    for slot in range(4):
+        alone = logits([slot])[slot]
+        assert all(np.array_equal(a, b) for a, b in zip(together[slot], alone, strict=True)), slot
+    assert not np.array_equal(together[0][0], together[2][0])  # the adapters do change the logits
+    assert not np.array_equal(together[1][0], together[2][0])
 
 
 @pytest.mark.parametrize("name", ["caps.gguf", "short.gguf"])
@@ -216,18 +221,17 @@ def test_per_sequence_adapters_compute_what_stock_llama_cpp_computes(runner: Lla
     assert np.corrcoef(patched - base, reference - base)[0, 1] > 0.95
 
 
-def test_the_compute_buffer_reserved_for_an_adapter_list_does_not_depend_on_the_scales(runner: LlamaRunner) -> None:
+def test_the_compute_buffer_reserved_for_an_adapter_list_does_not_depend_on_the_scales(
+    runner: LlamaRunner, demo_adapters: Callable[[AdapterKey], list[tuple[Any, float]]]
+) -> None:
     """Scales change without a re-reserve, and a graph bigger than the reserved one grows the compute buffer
     in the middle of serving (on a GPU, a new device allocation between two steps). So the reserve for a list
     of adapters must cover any scales: the same size whether one sequence applies each adapter (computed on
     its rows alone) or every sequence applies both (on every row). Read from llama.cpp's reserve log line."""
     import ctypes
 
-    from engine.adapter_files import read_adapter_file
     from engine.llama_log import quiet_llama_logs
 
-    caps = runner.load_adapter(read_adapter_file(ADAPTERS / "caps.gguf", "caps.gguf"))
-    short = runner.load_adapter(read_adapter_file(ADAPTERS / "short.gguf", "short.gguf"))
     prompt = runner.vocab.tokenize("The history of the river is", add_special=True, parse_special=False)
     lines: list[str] = []
 
@@ -238,7 +242,6 @@ def test_the_compute_buffer_reserved_for_an_adapter_list_does_not_depend_on_the_
 
     def reserved(keys: list[tuple]) -> list[str]:
         """The sizes logged by the reserve of a prompt step of one sequence per key (the list changed)."""
-        handles = {key: [(caps if name == "caps" else short, scale) for name, scale in key] for key in keys}
         seqs = [Sequence(70 + i, prompt, GREEDY, key, 32, 0.0, 1e9, status=SeqStatus.RUNNING, seq_id=i)
                 for i, key in enumerate(keys)]  # fmt: skip
         for seq in seqs:
@@ -246,7 +249,7 @@ def test_the_compute_buffer_reserved_for_an_adapter_list_does_not_depend_on_the_
         lines.clear()
         try:
             plan = StepPlan(next_chunks(seqs))
-            assert not runner.execute(plan, {k: handles[k] for k in plan.adapter_keys}).failed
+            assert not runner.execute(plan, {k: demo_adapters(k) for k in plan.adapter_keys}).failed
         finally:
             for seq in seqs:
                 runner.remove_sequence(seq.request_id, seq.seq_id)
@@ -260,9 +263,6 @@ def test_the_compute_buffer_reserved_for_an_adapter_list_does_not_depend_on_the_
         assert reserved([both] * 4) == one_each
     finally:
         quiet_llama_logs()
-        runner._adapters.clear()
-        runner.free_adapter(caps)
-        runner.free_adapter(short)
 
 
 def test_ignore_eos_never_samples_an_end_of_generation_token(runner: LlamaRunner) -> None:
