@@ -10,6 +10,7 @@ import llama_cpp
 import numpy as np
 
 from engine.constraints import TokenMask
+from engine.penalties import RecentTokens
 from engine.request import SamplingParams
 
 # llama_get_logits_ith returning a plain address: the argmax path reads 49k floats in place, and
@@ -22,11 +23,12 @@ _logits_address.restype = ctypes.c_void_p
 
 
 class LlamaSampler:
-    """One chain per request: penalties → top-k → top-p → min-p → temperature → seeded draw (or greedy),
-    after the constraint's token mask when the request has one. Plain greedy (no penalties, no mask) is an
-    argmax over the logits: llama.cpp's chain would copy all 49k logits into a candidate array first
-    (~0.25 ms per sequence per step, on the decode thread); both take the first maximum on ties.
-    `banned` tokens are never sampled (ignore_eos: the end-of-generation tokens, as in llama-server)."""
+    """One per request. The logits row is changed in place first, where the argmax and llama.cpp's chain
+    both read it: `banned` tokens (ignore_eos: the end-of-generation tokens, as in llama-server) and tokens
+    the constraint's mask forbids become -inf, then the penalties apply (penalties.py). Then greedy without
+    a mask is an argmax: llama.cpp's chain would copy all 49k logits into a candidate array first (on the
+    decode thread, for every sequence of every step); both take the first maximum on ties. Everything
+    else is a llama.cpp chain: top-k → top-p → min-p → temperature → seeded draw (or greedy)."""
 
     def __init__(
         self,
@@ -40,22 +42,10 @@ class LlamaSampler:
         self._row = ctypes.c_float * n_vocab
         self._mask = mask  # json_schema / grammar: disallowed tokens' logits become -inf first
         self._banned = np.fromiter(banned, dtype=np.intp) if banned else None
+        self._recent = RecentTokens(params) if RecentTokens.wanted(params) else None
+        self.argmax = params.temperature == 0.0 and mask is None
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         add = llama_cpp.llama_sampler_chain_add
-        penalised = (params.repeat_penalty != 1.0, params.frequency_penalty != 0.0, params.presence_penalty != 0.0)
-        penalties = any(penalised) and params.repeat_last_n > 0
-        self.argmax = params.temperature == 0.0 and not penalties and mask is None
-        if penalties:
-            add(
-                chain,
-                llama_cpp.llama_sampler_init_penalties(
-                    n_vocab,
-                    params.repeat_last_n,
-                    params.repeat_penalty,
-                    params.frequency_penalty,
-                    params.presence_penalty,
-                ),
-            )
         if params.temperature == 0.0:
             add(chain, llama_cpp.llama_sampler_init_greedy())
         else:
@@ -72,21 +62,25 @@ class LlamaSampler:
 
     def sample(self, row: int) -> int:
         """Sample from the logits of batch row `row` of the last decode, and accept the token."""
-        if self.argmax or self._banned is not None:
-            # banned tokens' logits become -inf in place, where the argmax and llama.cpp's chain both read
-            address = _logits_address(self._ctx, row)
-            if not address:
-                raise ValueError(f"llama.cpp has no logits for batch row {row}")
-            logits = np.frombuffer(self._row.from_address(address), dtype=np.float32)
-            if self._banned is not None:
-                logits[self._banned] = -np.inf
-            if self.argmax:
-                return int(logits.argmax())
-        if self._mask is None:
-            return llama_cpp.llama_sampler_sample(self._chain, self._ctx, row)
-        self._mask.apply(llama_cpp.llama_get_logits_ith(self._ctx, row))
-        token = llama_cpp.llama_sampler_sample(self._chain, self._ctx, row)
-        self._mask.accept(token)
+        address = _logits_address(self._ctx, row)
+        if not address:
+            raise ValueError(f"llama.cpp has no logits for batch row {row}")
+        logits = self._row.from_address(address)
+        view = np.frombuffer(logits, dtype=np.float32) if self.argmax or self._banned is not None else None
+        if self._banned is not None:
+            view[self._banned] = -np.inf
+        if self._mask is not None:
+            self._mask.apply(llama_cpp.llama_get_logits_ith(self._ctx, row))
+        if self._recent is not None:
+            self._recent.apply(logits)
+        if view is not None and self.argmax:
+            token = int(view.argmax())
+        else:
+            token = llama_cpp.llama_sampler_sample(self._chain, self._ctx, row)
+        if self._mask is not None:
+            self._mask.accept(token)
+        if self._recent is not None:
+            self._recent.accept(token)
         return token
 
     def close(self) -> None:

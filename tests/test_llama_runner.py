@@ -3,6 +3,7 @@ adapters (loramux's llama.cpp patch) are set only when they change."""
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -294,6 +295,89 @@ def test_ignore_eos_never_samples_an_end_of_generation_token(runner: LlamaRunner
         assert goes_on[: len(ends) - 1] == ends[:-1]  # the same text up to where it would have ended
     sampled = generate(SamplingParams(temperature=1.0, seed=7, ignore_eos=True), 64)
     assert len(sampled) == 64 and not eog.intersection(sampled)
+
+
+def llama_cpp_chain(n_vocab: int, params: SamplingParams) -> Any:
+    """llama.cpp's own chain for `params`, its penalties sampler included (loramux applies the penalties
+    itself, engine/penalties.py)."""
+    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+    add = llama_cpp.llama_sampler_chain_add
+    p = params
+    add(chain, llama_cpp.llama_sampler_init_penalties(n_vocab, p.repeat_last_n, p.repeat_penalty, p.frequency_penalty,
+                                                      p.presence_penalty))  # fmt: skip
+    if p.temperature == 0.0:
+        add(chain, llama_cpp.llama_sampler_init_greedy())
+    else:
+        add(chain, llama_cpp.llama_sampler_init_top_k(p.top_k))
+        add(chain, llama_cpp.llama_sampler_init_top_p(p.top_p, 1))
+        add(chain, llama_cpp.llama_sampler_init_min_p(p.min_p, 1))
+        add(chain, llama_cpp.llama_sampler_init_temp(p.temperature))
+        add(chain, llama_cpp.llama_sampler_init_dist(p.seed))
+    return chain
+
+
+TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])  # llama_token_data
+
+
+def penalised_by_llama_cpp(logits: np.ndarray, penalties: Any) -> np.ndarray:
+    """`logits` as llama.cpp's penalties sampler leaves them (it works on a candidate array: a copy)."""
+    data = np.zeros(len(logits), TOKEN_DATA)
+    data["id"], data["logit"] = np.arange(len(logits)), logits
+    pointer = data.ctypes.data_as(llama_cpp.llama_token_data_p)
+    candidates = llama_cpp.llama_token_data_array(pointer, len(data), -1, False)
+    llama_cpp.llama_sampler_apply(penalties, ctypes.byref(candidates))
+    return data["logit"]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=0.0, repeat_penalty=1.3, repeat_last_n=8),  # the window fills, then slides
+        SamplingParams(temperature=0.0, repeat_penalty=0.8),  # below 1: repeats are favoured
+        SamplingParams(temperature=0.0, repeat_penalty=1.0, frequency_penalty=0.7, presence_penalty=-0.3),
+        SamplingParams(seed=11),  # the defaults: temperature 0.7, top-k/top-p/min-p, repeat_penalty 1.1 over 64
+        SamplingParams(
+            temperature=1.0, seed=5, repeat_penalty=1.2, frequency_penalty=0.4, presence_penalty=0.3, repeat_last_n=16
+        ),
+    ],
+    ids=["greedy-window-8", "greedy-favour-repeats", "greedy-frequency-presence", "defaults", "sampled-all"],
+)
+def test_penalties_give_llama_cpps_logits_and_tokens(runner: LlamaRunner, params: SamplingParams) -> None:
+    """The penalties are applied to the logits in place instead of by llama.cpp's sampler, which copies all
+    49k logits first. Step by step: every logit is what llama.cpp's penalties sampler makes of it, to the
+    bit, and the token is the one llama.cpp's chain with its own penalties sampler draws."""
+    from engine.sampler import LlamaSampler
+
+    n_vocab = runner.vocab.n_tokens
+    tokens = runner.vocab.tokenize("1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2,", add_special=True, parse_special=False)
+    seq = start(runner, 40, 0, tokens)  # the runner's own sampler: plain greedy, which leaves the logits as they are
+    ours = LlamaSampler(runner.ctx, n_vocab, params)
+    reference = llama_cpp_chain(n_vocab, params)
+    penalties = llama_cpp.llama_sampler_init_penalties(
+        n_vocab, params.repeat_last_n, params.repeat_penalty, params.frequency_penalty, params.presence_penalty
+    )
+    penalised = 0  # steps where the penalties changed the greedy choice: the test must exercise them
+    try:
+        for _ in range(48):
+            chunks = next_chunks([seq])
+            output = runner.execute(StepPlan(chunks), {(): []})
+            [(_, row)] = runner._batch.fill(StepPlan(chunks))
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(runner.ctx, row), shape=(n_vocab,))
+            expected_logits = penalised_by_llama_cpp(logits.copy(), penalties)
+            expected = llama_cpp.llama_sampler_sample(reference, runner.ctx, row)  # reads the logits untouched
+            token = ours.sample(row)  # penalises them in place
+            assert logits.tobytes() == expected_logits.tobytes()
+            assert token == expected
+            llama_cpp.llama_sampler_accept(penalties, token)
+            penalised += token != output.sampled[0][1]
+            seq.completion_tokens.append(token)
+    finally:
+        ours.close()
+        llama_cpp.llama_sampler_free(reference)
+        llama_cpp.llama_sampler_free(penalties)
+        runner.remove_sequence(seq.request_id, seq.seq_id)
+    if params.temperature == 0.0:
+        assert penalised > 0
 
 
 def test_the_greedy_argmax_picks_what_llama_cpps_greedy_sampler_picks(runner: LlamaRunner) -> None:
