@@ -37,7 +37,7 @@ from typing import Any
 
 from bench.bench_adapters import TARGETS
 from bench.bench_batching import pct
-from bench.report import run_stamp, save_report
+from bench.report import median_interval, run_stamp, save_report
 from engine.default_model import default_model_path
 from tests.adapter_factory import write_lora
 from tests.http_server import free_port, http_server
@@ -240,7 +240,8 @@ def report(results: dict, args: argparse.Namespace) -> list[str]:
         "`/v1/completions`, greedy, `ignore_eos` (end-of-generation tokens never sampled, in both), no prompt "
         "cache; tokens are each server's own `usage` count. Interleaved rounds, as many per case as make it "
         "generate the tokens of `--repeats` rounds of the most clients; ratio = median of per-round "
-        "loramux / llama-server (in brackets: the lowest and highest round). Rounds without "
+        "loramux / llama-server, with its 95% bootstrap confidence interval (where it holds 1.00x the rounds "
+        "cannot tell the servers apart) and the lowest and highest round. Rounds without "
         "adapters go to a llama-server started without "
         "`--lora` (with adapters loaded, it runs all of them in every request, at scale 0 for the unlisted "
         "ones); the adapter round to one started with the 4 adapters and `--lora-init-without-apply`.",
@@ -253,6 +254,7 @@ def report(results: dict, args: argparse.Namespace) -> list[str]:
         ours, theirs = runs["loramux"], runs["llama-server"]
         ratios = [a.tokens_per_s / b.tokens_per_s for a, b in zip(ours, theirs, strict=True)]
         ratio = statistics.median(ratios)
+        low, high = median_interval(ratios)
 
         def tps(rs: list[Round]) -> str:
             return f"{statistics.median(r.tokens_per_s for r in rs):.1f}"
@@ -262,8 +264,8 @@ def report(results: dict, args: argparse.Namespace) -> list[str]:
             return f"{pct(all_ttfts, 50) * 1000:.0f} / {pct(all_ttfts, 99) * 1000:.0f}"
 
         lines.append(
-            f"| {n} | {adapters or '-'} | {len(ours)} | {tps(ours)} | {tps(theirs)} | **{ratio:.2f}x** "
-            f"({min(ratios):.2f}–{max(ratios):.2f}) | {ttft(ours)} | "
+            f"| {n} | {adapters or '-'} | {len(ours)} | {tps(ours)} | {tps(theirs)} | **{ratio:.3f}x** "
+            f"(CI {low:.3f}–{high:.3f}; rounds {min(ratios):.2f}–{max(ratios):.2f}) | {ttft(ours)} | "
             f"{ttft(theirs)} | {same_text(ours, theirs)} |"
         )
     return lines
