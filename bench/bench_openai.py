@@ -3,9 +3,11 @@ model, prompts, lengths and threads.
 
     bash scripts/build_llama_server.sh                    # once: llama-server from the same llama.cpp tree
     .venv/bin/python -m bench.bench_openai                # writes bench/results/openai_vs_llama_server.md
+    .venv/bin/python -m bench.bench_openai --sampling default   # … openai_vs_llama_server_sampled.md
 
 Both servers run at once and idle while the other works. Each round sends the same N concurrent
-streaming /v1/completions requests (greedy, ignore_eos, max_tokens tokens) to one, then the other,
+streaming /v1/completions requests (greedy, or with `--sampling default` loramux's default sampling named
+in full with a seed each; ignore_eos, max_tokens tokens) to one, then the other,
 alternating which goes first; a case runs --repeats rounds, or more where it has fewer clients than the
 largest case, so that every case generates as many tokens. Reported per server: aggregate generated
 tokens/s (all tokens, by the server's own `usage`, / wall time of the round) and time to first text
@@ -39,6 +41,7 @@ from bench.bench_adapters import TARGETS
 from bench.bench_batching import pct
 from bench.report import median_interval, run_stamp, save_report
 from engine.default_model import default_model_path
+from engine.request import SamplingParams
 from tests.adapter_factory import write_lora
 from tests.http_server import free_port, http_server
 
@@ -66,6 +69,13 @@ PROMPTS = [
 ]
 SLOTS = 16
 CONTEXT = 2048
+# What both servers are asked to sample with. greedy: the same text from both (checked per request).
+# default: loramux's default sampling, named in full (llama-server's own defaults differ), a seed per request.
+_DEFAULTS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n")
+SAMPLING: dict[str, dict[str, Any]] = {
+    "greedy": {"temperature": 0, "repeat_penalty": 1.0},
+    "default": {name: SamplingParams.model_fields[name].default for name in _DEFAULTS},
+}
 
 
 @dataclass
@@ -83,23 +93,27 @@ class Round:
 class Target:
     """One server: where its completions endpoint is and how a request names an adapter."""
 
-    def __init__(self, label: str, port: int, model: str, adapter_field: Any) -> None:
+    def __init__(
+        self, label: str, port: int, model: str, adapter_field: Any, sampling: dict[str, Any] = SAMPLING["greedy"]
+    ) -> None:
         self.label = label
         self.port = port
         self._model = model
         self._adapter_field = adapter_field
+        self._sampling = sampling
 
-    def body(self, prompt: str, max_tokens: int, adapter: int | None) -> dict[str, Any]:
+    def body(self, prompt: str, max_tokens: int, adapter: int | None, seed: int) -> dict[str, Any]:
         body = {
             "prompt": prompt,
             "max_tokens": max_tokens,
-            "temperature": 0,
-            "repeat_penalty": 1.0,
+            **self._sampling,
             "ignore_eos": True,
             "stream": True,
             "stream_options": {"include_usage": True},
             "model": self._model,
         }
+        if self._sampling["temperature"]:
+            body["seed"] = seed
         return body | self._adapter_field(adapter)
 
 
@@ -157,7 +171,7 @@ async def one_round(target: Target, n: int, max_tokens: int, adapters: int) -> R
         *(
             stream_once(
                 target.port,
-                target.body(PROMPTS[i % len(PROMPTS)], max_tokens, i % adapters if adapters else None),
+                target.body(PROMPTS[i % len(PROMPTS)], max_tokens, i % adapters if adapters else None, seed=i),
             )
             for i in range(n)
         )
@@ -225,19 +239,32 @@ def same_text(ours: list[Round], theirs: list[Round]) -> str:
     return f"{sum(a == b for a, b in pairs)}/{len(pairs)}"
 
 
+def sampling_words(name: str) -> str:
+    if name == "greedy":
+        return "greedy"
+    return (
+        "sampled with loramux's defaults, named in every request to both ("
+        + ", ".join(f"{k} {v}" for k, v in SAMPLING[name].items())
+        + "; seed = the request's index in its round; the servers draw differently from the same seed, so no "
+        "text is expected to be the same)"
+    )
+
+
 def report(results: dict, args: argparse.Namespace) -> list[str]:
     lines = [
         "# loramux OpenAI endpoint vs llama-server",
         "",
         f"{run_stamp()}, "
         f"`python -m bench.bench_openai --repeats {args.repeats} --max-tokens {args.max_tokens}"
+        + (f" --sampling {args.sampling}" if args.sampling != "greedy" else "")
         + (f" --server-args='{args.server_args}'" if args.server_args else "")
         + "`. "
         f"Same model (SmolLM2-135M-Instruct Q4_1), {SLOTS} slots of {CONTEXT} tokens each, {args.threads} threads, "
         "llama.cpp from llama-cpp-python 0.3.36's sources with loramux's patch for both (GGML_LLAMAFILE=OFF; "
         "llama-server does not call the patch's functions), flash attention on in both (loramux's with the "
         "patch's batch-invariant kernel paths). Streaming "
-        "`/v1/completions`, greedy, `ignore_eos` (end-of-generation tokens never sampled, in both), no prompt "
+        f"`/v1/completions`, {sampling_words(args.sampling)}, `ignore_eos` (end-of-generation tokens never "
+        "sampled, in both), no prompt "
         "cache; tokens are each server's own `usage` count. Interleaved rounds, as many per case as make it "
         "generate the tokens of `--repeats` rounds of the most clients; ratio = median of per-round "
         "loramux / llama-server, with its 95% bootstrap confidence interval (where it holds 1.00x the rounds "
@@ -280,8 +307,11 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--server-args", default="", help="extra loramux options, e.g. '--group-steps 16'")
-    p.add_argument("--out", type=Path, default=ROOT / "bench/results/openai_vs_llama_server.md")
+    p.add_argument("--sampling", choices=sorted(SAMPLING), default="greedy", help="what both servers sample with")
+    p.add_argument("--out", type=Path, help="default: bench/results/openai_vs_llama_server[_sampled].md")
     args = p.parse_args()
+    suffix = "" if args.sampling == "greedy" else "_sampled"
+    args.out = args.out or ROOT / f"bench/results/openai_vs_llama_server{suffix}.md"
     binary = _llama_server()
     if not binary.is_file():
         raise SystemExit(
@@ -313,14 +343,19 @@ def main() -> None:
         stack.enter_context(llama_server(binary, plain_port, args.threads, []))
         stack.enter_context(llama_server(binary, lora_port, args.threads, loras))
         base = json.load(urllib.request.urlopen(url + "/v1/models"))["data"][0]["id"]  # loramux checks `model`
+        sampling = SAMPLING[args.sampling]
         ours_target = Target(
-            "loramux", int(url.rsplit(":", 1)[1]), base, lambda a: {} if a is None else {"model": f"a{a}"}
+            "loramux", int(url.rsplit(":", 1)[1]), base, lambda a: {} if a is None else {"model": f"a{a}"}, sampling
         )
 
         def targets_for(adapters: int) -> list[Target]:
             port = lora_port if adapters else plain_port
             lora = Target(
-                "llama-server", port, base, lambda a: {} if a is None else {"lora": [{"id": a, "scale": 1.0}]}
+                "llama-server",
+                port,
+                base,
+                lambda a: {} if a is None else {"lora": [{"id": a, "scale": 1.0}]},
+                sampling,
             )
             return [ours_target, lora]
 
