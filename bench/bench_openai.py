@@ -91,11 +91,9 @@ class Round:
 
 
 class Target:
-    """One server: where its completions endpoint is and how a request names an adapter."""
+    """One server: where its completions endpoint is, how a request names an adapter, what it samples with."""
 
-    def __init__(
-        self, label: str, port: int, model: str, adapter_field: Any, sampling: dict[str, Any] = SAMPLING["greedy"]
-    ) -> None:
+    def __init__(self, label: str, port: int, model: str, adapter_field: Any, sampling: dict[str, Any]) -> None:
         self.label = label
         self.port = port
         self._model = model

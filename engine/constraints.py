@@ -4,7 +4,7 @@ llguidance does the work: it compiles the schema or grammar against the model's 
 token, computes the set of allowed tokens in ~0.2 ms (measured here with 8 sequences of SmolLM2's
 49k-token vocabulary: 1.3 ms a step, against 30 ms for llama.cpp's own grammar sampler, which checks
 every candidate token). The allowed set is applied to the logits in place before the request's
-ordinary sampler chain runs, so temperature, top-p, penalties and seeds behave as without a schema.
+ordinary sampling (engine/sampler.py), so temperature, top-p, penalties and seeds behave as without a schema.
 
 Compiling (schema → grammar) happens in preparation, off the decode thread, once per distinct schema
 (keyed by its JSON text: property order is kept, since the output follows it).
@@ -92,10 +92,10 @@ class TokenMask:
         self._matcher = matcher
         self._n_vocab = n_vocab
 
-    def apply(self, logits_ptr: Any) -> None:
+    def apply(self, logits: np.ndarray) -> None:
+        """`logits`: the row (float32, n_vocab) as a writable view of llama.cpp's buffer."""
         mask = self._matcher.compute_bitmask()  # bytes: bit i of the little-endian words = token i allowed
         allowed = np.unpackbits(np.frombuffer(mask, dtype=np.uint8), bitorder="little")[: self._n_vocab]
-        logits = np.ctypeslib.as_array(logits_ptr, shape=(self._n_vocab,))
         logits[allowed == 0] = -np.inf
 
     def accept(self, token: int) -> None:

@@ -28,9 +28,11 @@ class RecentTokens:
         # float32 values, as llama.cpp holds them; Python's double arithmetic on them, rounded back to
         # float32 on every store into the row, gives float32 arithmetic's results exactly (one +, -, * or /)
         self._repeat = float(np.float32(params.repeat_penalty))
-        self._frequency = np.float32(params.frequency_penalty)
-        self._presence = np.float32(params.presence_penalty)
-        self._offsets = bool(self._frequency or self._presence)
+        # what a token counted n times loses: float(n) * frequency + float(n > 0) * presence, in float32,
+        # for every n the window can hold (one array operation here, none per step)
+        frequency, presence = np.float32(params.frequency_penalty), np.float32(params.presence_penalty)
+        counts = np.arange(self._last_n + 1, dtype=np.float32)
+        self._offsets = (counts * frequency + presence).tolist() if frequency or presence else None
         self._window: deque[int] = deque()
         self._counts: dict[int, int] = {}
 
@@ -55,14 +57,10 @@ class RecentTokens:
     def apply(self, row: MutableSequence[float]) -> None:
         """Penalise the window's tokens in `row`, a float32 ctypes array: element by element, as there are
         at most `repeat_last_n` of them (numpy's per-call costs were larger, on the decode thread)."""
-        repeat = self._repeat
+        repeat, offsets = self._repeat, self._offsets
         for token, count in self._counts.items():
             logit = row[token]
             # dividing a negative logit would make the token likelier: those are multiplied instead
             row[token] = logit * repeat if logit <= 0 else logit / repeat
-            if self._offsets:
-                row[token] = row[token] - self._offset(count)
-
-    def _offset(self, count: int) -> float:
-        """float(count) * frequency + float(count > 0) * presence, in float32 (count > 0 here)."""
-        return float(np.float32(count) * self._frequency + self._presence)
+            if offsets is not None:
+                row[token] = row[token] - offsets[count]  # from the float32 stored above, as llama.cpp's

@@ -25,10 +25,10 @@ _logits_address.restype = ctypes.c_void_p
 class LlamaSampler:
     """One per request. The logits row is changed in place first, where the argmax and llama.cpp's chain
     both read it: `banned` tokens (ignore_eos: the end-of-generation tokens, as in llama-server) and tokens
-    the constraint's mask forbids become -inf, then the penalties apply (penalties.py). Then greedy without
-    a mask is an argmax: llama.cpp's chain would copy all 49k logits into a candidate array first (on the
-    decode thread, for every sequence of every step); both take the first maximum on ties. Everything
-    else is a llama.cpp chain: top-k → top-p → min-p → temperature → seeded draw (or greedy)."""
+    the constraint's mask forbids become -inf, then the penalties apply (penalties.py). Then greedy is an
+    argmax: llama.cpp's chain would copy all 49k logits into a candidate array first (on the decode
+    thread, for every sequence of every step); both take the first maximum on ties. Sampling is a
+    llama.cpp chain: top-k → top-p → min-p → temperature → seeded draw."""
 
     def __init__(
         self,
@@ -43,37 +43,29 @@ class LlamaSampler:
         self._mask = mask  # json_schema / grammar: disallowed tokens' logits become -inf first
         self._banned = np.fromiter(banned, dtype=np.intp) if banned else None
         self._recent = RecentTokens(params) if RecentTokens.wanted(params) else None
-        self.argmax = params.temperature == 0.0 and mask is None
-        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-        add = llama_cpp.llama_sampler_chain_add
-        if params.temperature == 0.0:
-            add(chain, llama_cpp.llama_sampler_init_greedy())
-        else:
-            if params.top_k > 0:
-                add(chain, llama_cpp.llama_sampler_init_top_k(params.top_k))
-            if params.top_p < 1.0:
-                add(chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
-            if params.min_p > 0.0:
-                add(chain, llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
-            add(chain, llama_cpp.llama_sampler_init_temp(params.temperature))
-            seed = params.seed if params.seed is not None else random.getrandbits(32) % (2**32 - 1)
-            add(chain, llama_cpp.llama_sampler_init_dist(seed))
-        self._chain = chain
+        self._chain = None if params.temperature == 0.0 else _draw_chain(params)  # greedy: an argmax
+        self._array_ops = self._chain is None or self._banned is not None or mask is not None
+
+    @property
+    def argmax(self) -> bool:
+        return self._chain is None
 
     def sample(self, row: int) -> int:
         """Sample from the logits of batch row `row` of the last decode, and accept the token."""
         address = _logits_address(self._ctx, row)
         if not address:
             raise ValueError(f"llama.cpp has no logits for batch row {row}")
-        logits = self._row.from_address(address)
-        view = np.frombuffer(logits, dtype=np.float32) if self.argmax or self._banned is not None else None
+        logits = self._row.from_address(address)  # element access (penalties)
+        # array operations (ban, mask, argmax) on a numpy view; none on a plain draw, which would pay ~10 µs
+        # for the view alone, with caches cold after llama_decode
+        view = np.frombuffer(logits, dtype=np.float32) if self._array_ops else None
         if self._banned is not None:
             view[self._banned] = -np.inf
         if self._mask is not None:
-            self._mask.apply(llama_cpp.llama_get_logits_ith(self._ctx, row))
+            self._mask.apply(view)
         if self._recent is not None:
             self._recent.apply(logits)
-        if view is not None and self.argmax:
+        if self._chain is None:
             token = int(view.argmax())
         else:
             token = llama_cpp.llama_sampler_sample(self._chain, self._ctx, row)
@@ -87,3 +79,19 @@ class LlamaSampler:
         if self._chain:
             llama_cpp.llama_sampler_free(self._chain)
             self._chain = None
+
+
+def _draw_chain(params: SamplingParams) -> llama_cpp.llama_sampler_p:
+    """llama.cpp's chain for a temperature above 0 (penalties and masks are applied before it runs)."""
+    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+    add = llama_cpp.llama_sampler_chain_add
+    if params.top_k > 0:
+        add(chain, llama_cpp.llama_sampler_init_top_k(params.top_k))
+    if params.top_p < 1.0:
+        add(chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+    if params.min_p > 0.0:
+        add(chain, llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
+    add(chain, llama_cpp.llama_sampler_init_temp(params.temperature))
+    seed = params.seed if params.seed is not None else random.getrandbits(32) % (2**32 - 1)
+    add(chain, llama_cpp.llama_sampler_init_dist(seed))
+    return chain

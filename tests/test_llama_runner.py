@@ -177,8 +177,6 @@ def test_per_sequence_adapters_compute_what_stock_llama_cpp_computes(runner: Lla
     sums run in another order, and this model's logits move by ~0.5 even under an exact rewrite of stock
     LoRA (the adapter twice at half scale), since every matmul quantizes its activations. So the patch's
     logits must be as close to stock's as that rewrite is, while the adapter moves them far more."""
-    import ctypes
-
     from engine import llama_patch
 
     params = llama_cpp.llama_context_default_params()
@@ -229,8 +227,6 @@ def test_the_compute_buffer_reserved_for_an_adapter_list_does_not_depend_on_the_
     in the middle of serving (on a GPU, a new device allocation between two steps). So the reserve for a list
     of adapters must cover any scales: the same size whether one sequence applies each adapter (computed on
     its rows alone) or every sequence applies both (on every row). Read from llama.cpp's reserve log line."""
-    import ctypes
-
     from engine.llama_log import quiet_llama_logs
 
     prompt = runner.vocab.tokenize("The history of the river is", add_special=True, parse_special=False)
@@ -297,14 +293,19 @@ def test_ignore_eos_never_samples_an_end_of_generation_token(runner: LlamaRunner
     assert len(sampled) == 64 and not eog.intersection(sampled)
 
 
+def llama_cpp_penalties(n_vocab: int, p: SamplingParams) -> Any:
+    """llama.cpp's own penalties sampler (loramux applies the penalties itself, engine/penalties.py)."""
+    return llama_cpp.llama_sampler_init_penalties(
+        n_vocab, p.repeat_last_n, p.repeat_penalty, p.frequency_penalty, p.presence_penalty
+    )
+
+
 def llama_cpp_chain(n_vocab: int, params: SamplingParams) -> Any:
-    """llama.cpp's own chain for `params`, its penalties sampler included (loramux applies the penalties
-    itself, engine/penalties.py)."""
+    """llama.cpp's own chain for `params`, its penalties sampler included."""
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
     add = llama_cpp.llama_sampler_chain_add
     p = params
-    add(chain, llama_cpp.llama_sampler_init_penalties(n_vocab, p.repeat_last_n, p.repeat_penalty, p.frequency_penalty,
-                                                      p.presence_penalty))  # fmt: skip
+    add(chain, llama_cpp_penalties(n_vocab, p))
     if p.temperature == 0.0:
         add(chain, llama_cpp.llama_sampler_init_greedy())
     else:
@@ -353,9 +354,7 @@ def test_penalties_give_llama_cpps_logits_and_tokens(runner: LlamaRunner, params
     seq = start(runner, 40, 0, tokens)  # the runner's own sampler: plain greedy, which leaves the logits as they are
     ours = LlamaSampler(runner.ctx, n_vocab, params)
     reference = llama_cpp_chain(n_vocab, params)
-    penalties = llama_cpp.llama_sampler_init_penalties(
-        n_vocab, params.repeat_last_n, params.repeat_penalty, params.frequency_penalty, params.presence_penalty
-    )
+    penalties = llama_cpp_penalties(n_vocab, params)
     penalised = 0  # steps where the penalties changed the greedy choice: the test must exercise them
     try:
         for _ in range(48):
@@ -381,15 +380,11 @@ def test_penalties_give_llama_cpps_logits_and_tokens(runner: LlamaRunner, params
 
 
 def test_the_greedy_argmax_picks_what_llama_cpps_greedy_sampler_picks(runner: LlamaRunner) -> None:
-    """Plain greedy requests skip llama.cpp's sampler chain (an argmax over the logits): same tokens."""
-    from engine.sampler import LlamaSampler
-
+    """Greedy requests skip llama.cpp's sampler chain (an argmax over the logits): same tokens."""
     prompts = ["The history of the river is", "List three colours:", "def fibonacci(n):", "Paris is"]
     seqs = [start(runner, 10 + i, i, runner.vocab.tokenize(p, add_special=True, parse_special=False))
             for i, p in enumerate(prompts)]  # fmt: skip
-    chains = [LlamaSampler(runner.ctx, runner.vocab.n_tokens, GREEDY) for _ in seqs]
-    for chain in chains:
-        chain.argmax = False  # llama.cpp's own greedy sampler
+    chains = [llama_cpp_chain(runner.vocab.n_tokens, GREEDY) for _ in seqs]  # llama.cpp's own greedy sampler
     try:
         assert all(runner._samplers[s.request_id].argmax for s in seqs)
         for _ in range(12):
@@ -397,10 +392,10 @@ def test_the_greedy_argmax_picks_what_llama_cpps_greedy_sampler_picks(runner: Ll
             output = runner.execute(StepPlan(chunks), {(): []})
             rows = {seq.request_id: row for seq, row in runner._batch.fill(StepPlan(chunks))}
             for (seq, token), chain in zip(output.sampled, chains, strict=True):
-                assert token == chain.sample(rows[seq.request_id])
+                assert token == llama_cpp.llama_sampler_sample(chain, runner.ctx, rows[seq.request_id])
                 seq.completion_tokens.append(token)
     finally:
         for chain in chains:
-            chain.close()
+            llama_cpp.llama_sampler_free(chain)
         for s in seqs:
             runner.remove_sequence(s.request_id, s.seq_id)
