@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import InvalidRequest
+from engine.errors import InvalidRequest, listed
 
 MAX_ADAPTER_BYTES = 4 << 30
 
@@ -36,6 +36,11 @@ class AdapterFileBytes:
         return len(self.data)
 
 
+def shown(requested: str) -> str:
+    """A caller's path for an error message: quoted, cut to 80 characters."""
+    return repr(requested if len(requested) <= 80 else requested[:79] + "…")
+
+
 def read_adapter_file(real: Path, display: str) -> AdapterFileBytes:
     """Open a resolved adapter path once, without following a final symlink, and read it whole.
 
@@ -44,13 +49,13 @@ def read_adapter_file(real: Path, display: str) -> AdapterFileBytes:
     try:
         fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
-        raise AdapterPathError(f"cannot open {display!r}: {exc.strerror}") from exc
+        raise AdapterPathError(f"cannot open {shown(display)}: {exc.strerror}") from exc
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise AdapterPathError(f"{display!r} is not a regular file")
+            raise AdapterPathError(f"{shown(display)} is not a regular file")
         if info.st_size > MAX_ADAPTER_BYTES:
-            raise AdapterPathError(f"{display!r} is {info.st_size} bytes: larger than any LoRA adapter should be")
+            raise AdapterPathError(f"{shown(display)} is {info.st_size} bytes: larger than any LoRA adapter should be")
         os.set_blocking(fd, True)
         with os.fdopen(fd, "rb", closefd=False) as f:
             data = f.read(MAX_ADAPTER_BYTES + 1)
@@ -71,26 +76,30 @@ class AdapterDirectories:
             raise AdapterPathError("the server has no adapter directories (start it with --adapter-dir DIR)")
         candidate_path = Path(requested)
         if ".." in candidate_path.parts:
-            raise AdapterPathError(f"{requested!r}: '..' is not allowed in adapter paths; {self._hint()}")
+            raise AdapterPathError(f"{shown(requested)}: '..' is not allowed in adapter paths; {self._hint()}")
         if candidate_path.is_absolute():
             # Checked before touching the file system: refusals must not reveal what exists elsewhere.
             if not any(candidate_path.is_relative_to(root) for root in self.roots):
-                raise AdapterPathError(f"{requested!r} is not inside an adapter directory; {self._hint()}")
+                raise AdapterPathError(f"{shown(requested)} is not inside an adapter directory; {self._hint()}")
             candidates = [candidate_path]
         else:
             candidates = [root / candidate_path for root in self.roots]
         for candidate in candidates:
             if not os.path.lexists(candidate):
                 continue
-            real = candidate.resolve()
+            try:
+                real = candidate.resolve()
+            except (RuntimeError, OSError):  # a symlink loop: RuntimeError up to Python 3.12, OSError after
+                raise AdapterPathError(f"{shown(requested)} is a symlink loop; {self._hint()}") from None
             if not any(real.is_relative_to(root) for root in self.roots):
                 raise AdapterPathError(
-                    f"{requested!r} is outside the adapter directories (symlinks may not leave them); {self._hint()}"
+                    f"{shown(requested)} is outside the adapter directories (symlinks may not leave them); "
+                    + self._hint()
                 )
             if real.is_dir():
-                raise AdapterPathError(f"{requested!r} is a directory, not an adapter file; {self._hint()}")
+                raise AdapterPathError(f"{shown(requested)} is a directory, not an adapter file; {self._hint()}")
             return real
-        raise AdapterPathError(f"no adapter file {requested!r} in the adapter directories; {self._hint()}")
+        raise AdapterPathError(f"no adapter file {shown(requested)} in the adapter directories; {self._hint()}")
 
     def read(self, requested: str) -> AdapterFileBytes:
         return read_adapter_file(self.resolve(requested), requested)
@@ -101,13 +110,15 @@ class AdapterDirectories:
         for root in self.roots:
             if root.is_dir():
                 for p in sorted(root.rglob("*.gguf")):
-                    if p.is_file() and p.resolve().is_relative_to(root):
+                    try:
+                        inside = p.is_file() and p.resolve().is_relative_to(root)
+                    except (RuntimeError, OSError):  # a symlink loop
+                        continue
+                    if inside:
                         found.append(str(p.relative_to(root)))
                         if len(found) >= limit:
                             return found
         return found
 
     def _hint(self) -> str:
-        files = self.available()
-        listed = ", ".join(files[:20]) if files else "none"
-        return f"adapter files available: {listed} (see list_adapters)"
+        return f"adapter files available: {listed(self.available())} (see list_adapters)"

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from engine.adapter_files import AdapterFileBytes
 from engine.adapter_loading import CheckedAdapterFile
-from engine.errors import AdapterInUse, InvalidRequest, UnknownAdapter
+from engine.errors import AdapterInUse, InvalidRequest, UnknownAdapter, listed
 from engine.info import AdapterInfo, LoadedAdapter
 from engine.request import AdapterKey, AdapterRef
 
@@ -55,9 +55,8 @@ class AdapterRegistry:
                 f"an adapter named {name!r} is already loaded from {Path(existing.info.path).name}; "
                 "unload it first or choose another name"
             )
-        handle = self._runner.load_adapter(file)  # llama.cpp parses the bytes already in memory
         meta = checked.info
-        info = AdapterInfo(
+        info = AdapterInfo(  # built first: a load that fails anywhere leaves nothing loaded
             name=name,
             path=str(file.path),
             file_size=file.size,
@@ -70,6 +69,7 @@ class AdapterRegistry:
             requests_served=0,
             requests_in_flight=0,
         )
+        handle = self._runner.load_adapter(file)  # llama.cpp parses the bytes already in memory
         self._loaded[name] = _Loaded(info, handle, file.identity)
         return LoadedAdapter(adapter=info, newly_loaded=True)
 
@@ -123,7 +123,7 @@ class AdapterRegistry:
     def _require(self, name: str) -> _Loaded:
         entry = self._loaded.get(name)
         if entry is None:
-            loaded = ", ".join(sorted(self._loaded)) or "none"
+            loaded = listed(sorted(self._loaded))
             shown = name if len(name) <= 80 else name[:80] + "…"
             raise UnknownAdapter(f"no adapter named {shown!r} is loaded; loaded adapters: {loaded} (see list_adapters)")
         return entry

@@ -2,19 +2,37 @@
 
 llama.cpp returns NULL for many bad files but says why only in its log; these checks name the
 problem for the agent: not a GGUF, truncated, a model instead of an adapter, another architecture,
-tensors that name no base tensor or have the wrong shapes.
+tensors that name no base tensor or have the wrong shapes, and numbers that would reach other callers.
+
+Why the numbers matter: sequences with different adapter sets share a decode step, and an adapter
+applied to a majority of the step's tokens is computed on every row, scaled by 0 on the rows of other
+sequences. 0 × NaN and 0 × inf are NaN, so one file with a NaN alpha or a NaN weight would wipe out other
+callers' answers. With a finite alpha and finite weights within float16's range, every other row's term
+is finite (|A·x| ≤ n_in × 65504 × max|x|, far below float32's 3.4e38) and so exactly 0 once scaled: the
+adapter can then break only its own requests, which the sampler fails alone (engine/sampler.py).
 """
 
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf.quants import dequantize
+
+from engine.adapter_files import shown
 from engine.errors import InvalidRequest
-from engine.gguf_header import GGUFFormatError, GGUFHeader, read_gguf_header
+from engine.gguf_header import GGUFFormatError, GGUFHeader, TensorInfo, read_gguf_header
 
 GGUF_MAGIC = b"GGUF"
+# float16's largest value: trained LoRA weights are orders of magnitude smaller, and f16 adapters cannot
+# hold more. Larger (or non-finite) values could overflow on other callers' rows (see the docstring).
+MAX_ABS_WEIGHT = 65504.0
+MAX_ALPHA = 65504.0
+CHECK_CHUNK = 1 << 20  # elements checked at a time: bounded temporary memory for large adapters
 
 
 class AdapterFileError(InvalidRequest):
@@ -34,7 +52,7 @@ def validate_adapter(
     data: bytes, *, display_name: str, base_architecture: str, base_shapes: Mapping[str, tuple[int, ...]]
 ) -> AdapterFileInfo:
     """`data` is the whole file; `base_shapes` maps base tensor names to ggml shapes (ne order)."""
-    where = repr(display_name)
+    where = shown(display_name)
     size = len(data)
     if size == 0:
         raise AdapterFileError(f"{where} is empty")
@@ -96,9 +114,10 @@ def validate_adapter(
         parts = base_name.split(".")
         modules.add(parts[2] if len(parts) > 3 and parts[0] == "blk" else base_name)
 
-    alpha_field = meta.get("adapter.lora.alpha")
     rank = max(ranks)
-    alpha = float(alpha_field) if isinstance(alpha_field, int | float) else float(rank)
+    alpha = _alpha(meta.get("adapter.lora.alpha"), rank, where)
+    for tensor in header.tensors:
+        _check_values(data, header.data_offset, tensor, where)
     return AdapterFileInfo(
         architecture=str(arch),
         rank=rank,
@@ -106,3 +125,64 @@ def validate_adapter(
         target_modules=tuple(sorted(modules)),
         num_tensors=2 * len(pairs),
     )
+
+
+def _alpha(field: object, rank: int, where: str) -> float:
+    """adapter.lora.alpha (the rank when absent, as llama.cpp reads it): finite, 0 (no alpha) to MAX_ALPHA."""
+    if field is None:
+        return float(rank)
+    if isinstance(field, bool) or not isinstance(field, int | float):
+        raise AdapterFileError(f"{where}: adapter.lora.alpha is {type(field).__name__}, not a number")
+    alpha = float(field)
+    if not math.isfinite(alpha) or not 0.0 <= alpha <= MAX_ALPHA:
+        raise AdapterFileError(
+            f"{where}: adapter.lora.alpha is {alpha!r}; it must be a finite number from 0 to {MAX_ALPHA:g} "
+            "(LoRA alphas are typically 8 to 128)"
+        )
+    return alpha
+
+
+def _check_values(data: bytes, data_offset: int, tensor: TensorInfo, where: str) -> None:
+    """Every value of the tensor is finite and within ±MAX_ABS_WEIGHT, checked in chunks."""
+    start = data_offset + tensor.offset
+    raw = memoryview(data)[start : start + tensor.nbytes()]
+    try:
+        kind = GGMLQuantizationType(tensor.ggml_type)
+    except ValueError:
+        raise AdapterFileError(f"{where}: tensor {tensor.name!r} has unknown type {tensor.ggml_type}") from None
+    if kind is GGMLQuantizationType.F32:
+        values = np.frombuffer(raw, dtype=np.float32)
+    elif kind is GGMLQuantizationType.F16:
+        values = np.frombuffer(raw, dtype=np.float16)
+    elif kind is GGMLQuantizationType.BF16:  # the top half of a float32
+        values = np.frombuffer(raw, dtype=np.uint16)
+    else:
+        values = np.frombuffer(raw, dtype=np.uint8)
+    floats = kind in (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
+    # quantized types are checked dequantized, a whole number of blocks (bytes) at a time
+    block, block_bytes = GGML_QUANT_SIZES[kind]
+    step = CHECK_CHUNK if floats else max(1, CHECK_CHUNK // block) * block_bytes
+    for first in range(0, len(values), step):
+        chunk = values[first : first + step]
+        if kind is GGMLQuantizationType.BF16:
+            chunk = (chunk.astype(np.uint32) << 16).view(np.float32)
+        elif not floats:
+            try:
+                with np.errstate(all="ignore"):  # NaN scales are what this looks for
+                    chunk = dequantize(chunk, kind)
+            except NotImplementedError:
+                raise AdapterFileError(
+                    f"{where}: tensor {tensor.name!r} has type {kind.name}, which cannot be checked; "
+                    "convert the adapter with --outtype f16, bf16, f32 or q8_0"
+                ) from None
+        if not chunk.size:
+            continue
+        low, high = float(chunk.min()), float(chunk.max())  # NaN, if any, comes out of both
+        if math.isnan(low) or math.isnan(high):
+            raise AdapterFileError(f"{where}: tensor {tensor.name!r} holds NaN values; the adapter is corrupt")
+        if not -MAX_ABS_WEIGHT <= low <= high <= MAX_ABS_WEIGHT:
+            worst = high if abs(high) >= abs(low) else low
+            raise AdapterFileError(
+                f"{where}: tensor {tensor.name!r} holds {worst:g}; LoRA weights must be finite and within "
+                f"±{MAX_ABS_WEIGHT:g} (the adapter is corrupt or was saved wrongly)"
+            )

@@ -7,7 +7,11 @@ every candidate token). The allowed set is applied to the logits in place before
 ordinary sampling (engine/sampler.py), so temperature, top-p, penalties and seeds behave as without a schema.
 
 Compiling (schema → grammar) happens in preparation, off the decode thread, once per distinct schema
-(keyed by its JSON text: property order is kept, since the output follows it).
+(keyed by its JSON text: property order is kept, since the output follows it), in a cache bounded by
+count and by bytes. Compiling also takes a first step, on a copy of a matcher: llguidance builds its
+lexer lazily, so a hostile pattern (`a{99999999}`) compiles and fails only at its first token. Such
+failures are the request's own 400 in preparation, and llguidance's terse errors (no state dumps) are
+what reaches the caller if one happens later.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from __future__ import annotations
 import json
 import threading
 import warnings
-from functools import lru_cache
 from typing import Any
 
 import llama_cpp
@@ -23,9 +26,13 @@ import llguidance
 import llguidance.llamacpp
 import numpy as np
 
-from engine.errors import InvalidRequest
+from engine.errors import ConstraintFailed, InvalidRequest
+from engine.sized_cache import SizedCache
 
 CACHED_GRAMMARS = 256
+CACHED_GRAMMAR_BYTES = 64 << 20  # the schema texts and compiled grammars kept, together
+# llguidance's defaults, but errors without its parser state (schemas' contents, internal dumps)
+LIMITS = llguidance.LLParserLimits(verbose_errors=False)
 # JSON on one line, with a space after ':' and ','. With JSON's free whitespace allowed, a small model
 # can emit newlines until max_tokens (seen here); a schema's own "x-guidance" overrides this.
 JSON_LAYOUT = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}
@@ -38,6 +45,11 @@ class ConstraintCompiler:
         self._vocab = vocab
         self._tokenizer: llguidance.LLTokenizer | None = None
         self._lock = threading.Lock()
+        self._grammars: SizedCache[tuple[str, str], str] = SizedCache(
+            max_entries=CACHED_GRAMMARS,
+            max_bytes=CACHED_GRAMMAR_BYTES,
+            size_of=lambda key, grammar: len(key[1]) + len(grammar),  # characters: ~bytes, mostly ASCII
+        )
 
     def matcher(self, *, json_schema: dict[str, Any] | None, grammar: str | None) -> llguidance.LLMatcher | None:
         """A matcher for one request (None without a constraint); InvalidRequest naming the problem."""
@@ -47,8 +59,29 @@ class ConstraintCompiler:
             kind, text = "json_schema", json.dumps({"x-guidance": JSON_LAYOUT} | json_schema)
         else:
             kind, text = "grammar", grammar
-        compiled = _compile(kind, text)
-        matcher = llguidance.LLMatcher(self._lltokenizer(), compiled)
+        compiled = self._grammars.get_or_make((kind, text), lambda: self._compile(kind, text))
+        return self._new_matcher(kind, compiled)
+
+    def _compile(self, kind: str, text: str) -> str:
+        """Schema or grammar text → llguidance's grammar. Keywords llguidance would ignore are refused (a
+        schema must mean what it says), and so is a grammar whose first token already fails."""
+        try:
+            grammar = llguidance.grammar_from(kind, text)
+        except Exception as exc:  # ValueError, and bare Exceptions from its GBNF converter
+            raise InvalidRequest(_describe(kind, str(exc))) from None
+        _, warnings = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
+        unsupported = [w for w in warnings if "Unimplemented" in w or "unsupported" in w.lower()]
+        if unsupported:
+            raise InvalidRequest(_describe(kind, unsupported[0]))
+        probe = self._new_matcher(kind, grammar)
+        mask = np.frombuffer(probe.compute_bitmask(), dtype=np.uint8)
+        first = np.flatnonzero(np.unpackbits(mask, bitorder="little")[: self._lltokenizer().vocab_size])
+        if probe.is_error() or (first.size and not probe.consume_token(int(first[0]))):
+            raise InvalidRequest(_describe(kind, probe.get_error() or "it fails at its first token"))
+        return grammar
+
+    def _new_matcher(self, kind: str, grammar: str) -> llguidance.LLMatcher:
+        matcher = llguidance.LLMatcher(self._lltokenizer(), grammar, log_level=0, limits=LIMITS)
         if matcher.is_error():
             raise InvalidRequest(_describe(kind, matcher.get_error()))
         return matcher
@@ -61,21 +94,6 @@ class ConstraintCompiler:
                     warnings.simplefilter("ignore", DeprecationWarning)
                     self._tokenizer = llguidance.llamacpp.lltokenizer_from_vocab(self._vocab)
             return self._tokenizer
-
-
-@lru_cache(maxsize=CACHED_GRAMMARS)
-def _compile(kind: str, text: str) -> str:
-    """Schema or grammar text → llguidance's grammar, once per distinct text. Keywords llguidance would
-    ignore are refused: a schema must mean what it says."""
-    try:
-        grammar = llguidance.grammar_from(kind, text)
-    except Exception as exc:  # ValueError, and bare Exceptions from its GBNF converter
-        raise InvalidRequest(_describe(kind, str(exc))) from None
-    _, warnings = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
-    unsupported = [w for w in warnings if "Unimplemented" in w or "unsupported" in w.lower()]
-    if unsupported:
-        raise InvalidRequest(_describe(kind, unsupported[0]))
-    return grammar
 
 
 def _describe(kind: str, problem: str) -> str:
@@ -95,9 +113,20 @@ class TokenMask:
     def apply(self, logits: np.ndarray) -> None:
         """`logits`: the row (float32, n_vocab) as a writable view of llama.cpp's buffer."""
         mask = self._matcher.compute_bitmask()  # bytes: bit i of the little-endian words = token i allowed
+        if self._matcher.is_error():
+            raise self._failed()
         allowed = np.unpackbits(np.frombuffer(mask, dtype=np.uint8), bitorder="little")[: self._n_vocab]
         logits[allowed == 0] = -np.inf
 
     def accept(self, token: int) -> None:
         if not self._matcher.consume_token(token):
-            raise RuntimeError(f"the constraint rejected token {token}: {self._matcher.get_error()}")
+            raise self._failed()
+
+    def _failed(self) -> ConstraintFailed:
+        # llguidance's error dumps its internal state after the first line: the caller gets that line
+        lines = (self._matcher.get_error() or "").strip().splitlines()
+        return ConstraintFailed(
+            "the output constraint (json_schema / grammar) could not go on"
+            + (f": {lines[0][:160]}" if lines else "")
+            + "; simplify it (huge bounded repetitions such as a{99999} are the usual cause)"
+        )

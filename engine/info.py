@@ -49,7 +49,7 @@ class AdapterInfo(BaseModel):
     file_size: int
     sha256: str = Field(description="SHA-256 of the adapter file's bytes, as loaded.")
     rank: int
-    alpha: float = Field(description="LoRA alpha; the effective scale is scale * alpha / rank.")
+    alpha: float = Field(allow_inf_nan=False, description="LoRA alpha; the effective scale is scale * alpha / rank.")
     target_modules: tuple[str, ...] = Field(description="Base-model modules it changes (attn_v, ffn_down, …).")
     architecture: str
     loaded_at: datetime = Field(description="When it was loaded (UTC).")

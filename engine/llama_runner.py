@@ -26,13 +26,13 @@ from engine.constraints import TokenMask
 from engine.context_adapters import ContextAdapters, OneSetPerStep, PerSequence
 from engine.cpu_share import ThreadGovernor
 from engine.devices import can_offload, gpu_names
-from engine.errors import EngineFailure
+from engine.errors import EngineError, EngineFailure, NonFiniteOutput
 from engine.gguf_header import read_gguf_header
 from engine.info import ModelInfo
 from engine.llama_log import quiet_llama_logs
 from engine.llama_vocab import LlamaVocab
 from engine.request import AdapterKey, SamplingParams
-from engine.sampler import LlamaSampler
+from engine.sampler import LlamaSampler, NonFiniteLogits
 from engine.step import StepOutput, StepPlan
 from engine.step_batch import StepBatch
 
@@ -181,9 +181,17 @@ class LlamaRunner:
         for seq, row in to_sample:
             try:
                 output.sampled.append((seq, self._samplers[seq.request_id].sample(row)))
-            except Exception as exc:
+            except NonFiniteLogits:
+                logger.warning("request %d: non-finite logits (adapters %s)", seq.request_id, seq.adapter_key)
+                output.failed.append((seq, _non_finite(seq.adapter_key, len(seq.completion_tokens))))
+            except EngineError as exc:  # the request's own (its constraint could not go on)
+                logger.info("request %d failed while sampling: %s", seq.request_id, exc)
+                output.failed.append((seq, exc))
+            except Exception:
                 logger.exception("sampling failed for request %d", seq.request_id)
-                output.failed.append((seq, EngineFailure(f"sampling failed for this request: {exc}")))
+                output.failed.append(
+                    (seq, EngineFailure("sampling failed for this request (the server log has details); retry it"))
+                )
         return output
 
     def _follow_cpu_share(self) -> None:
@@ -250,6 +258,19 @@ class LlamaRunner:
         self._batch.close()
         llama_cpp.llama_free(self.ctx)
         llama_cpp.llama_model_free(self.model)
+
+
+def _non_finite(adapter_key: AdapterKey, position: int) -> EngineError:
+    """The error of a request whose logits were NaN or infinite. Each sequence's rows are computed from its
+    own tokens and adapters alone, so the cause is its adapter set; without adapters, the model's."""
+    where = f"at output token {position + 1}"
+    if adapter_key:
+        names = ", ".join(f"{name} x{scale:g}" for name, scale in adapter_key)
+        return NonFiniteOutput(
+            f"the model's scores became NaN or infinite {where} with this request's adapters ({names}): "
+            "an adapter is numerically broken at this scale; retry with a smaller scale or without it"
+        )
+    return EngineFailure(f"the model's scores became NaN or infinite {where} (the server log has details)")
 
 
 def _gpu_layers(asked: int | None, offload: bool) -> int:

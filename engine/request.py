@@ -8,13 +8,32 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_PROMPT_CHARS = 200_000
 MAX_MESSAGES = 512
 MAX_ADAPTERS_PER_REQUEST = 8
 MAX_STOP_STRINGS = 16
 MAX_GRAMMAR_CHARS = 100_000
+# Real schemas nest a few dozen levels at most; deeper ones only exhaust recursion in the compilers.
+MAX_SCHEMA_DEPTH = 64
+
+
+def nesting_depth(value: Any, limit: int) -> int:
+    """How deeply lists and dicts nest in `value` (a scalar is 0), counted without recursion; the count
+    stops at `limit` + 1, so a hostile value costs no more than its size."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list | tuple) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if depth > limit:
+            return depth
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 class ChatMessage(BaseModel):
@@ -107,6 +126,15 @@ class GenerateRequest(BaseModel):
         max_length=MAX_GRAMMAR_CHARS,
         description="A grammar the output must follow: GBNF (llama.cpp's format) or Lark.",
     )
+
+    @field_validator("json_schema")
+    @classmethod
+    def _not_too_deep(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        if schema is not None and nesting_depth(schema, MAX_SCHEMA_DEPTH) > MAX_SCHEMA_DEPTH:
+            raise ValueError(
+                f"the schema nests more than {MAX_SCHEMA_DEPTH} levels deep; flatten it ($defs and $ref can help)"
+            )
+        return schema
 
     @model_validator(mode="after")
     def _one_input(self) -> GenerateRequest:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import math
 import random
 from collections.abc import Collection
 
@@ -22,13 +23,21 @@ _logits_address.argtypes = [llama_cpp.llama_context_p_ctypes, ctypes.c_int32]
 _logits_address.restype = ctypes.c_void_p
 
 
+class NonFiniteLogits(ArithmeticError):
+    """A row of logits held NaN or +inf (or nothing above -inf): no token can be chosen from it."""
+
+
 class LlamaSampler:
     """One per request. The logits row is changed in place first, where the argmax and llama.cpp's chain
     both read it: `banned` tokens (ignore_eos: the end-of-generation tokens, as in llama-server) and tokens
     the constraint's mask forbids become -inf, then the penalties apply (penalties.py). Then greedy is an
     argmax: llama.cpp's chain would copy all 49k logits into a candidate array first (on the decode
     thread, for every sequence of every step); both take the first maximum on ties. Sampling is a
-    llama.cpp chain: top-k → top-p → min-p → temperature → seeded draw."""
+    llama.cpp chain: top-k → top-p → min-p → temperature → seeded draw.
+
+    A row whose largest logit is not finite (NaN, which the argmax and `max` both return when present,
+    or +inf, or -inf everywhere) raises NonFiniteLogits before any token is taken: a numerically broken
+    adapter fails its own request, and llama.cpp's chain never draws from NaN probabilities."""
 
     def __init__(
         self,
@@ -44,7 +53,6 @@ class LlamaSampler:
         self._banned = np.fromiter(banned, dtype=np.intp) if banned else None
         self._recent = RecentTokens(params) if RecentTokens.wanted(params) else None
         self._chain = None if params.temperature == 0.0 else _draw_chain(params)  # greedy: an argmax
-        self._array_ops = self._chain is None or self._banned is not None or mask is not None
 
     @property
     def argmax(self) -> bool:
@@ -56,9 +64,7 @@ class LlamaSampler:
         if not address:
             raise ValueError(f"llama.cpp has no logits for batch row {row}")
         logits = self._row.from_address(address)  # element access (penalties)
-        # array operations (ban, mask, argmax) on a numpy view; none on a plain draw, which would pay ~10 µs
-        # for the view alone, with caches cold after llama_decode
-        view = np.frombuffer(logits, dtype=np.float32) if self._array_ops else None
+        view = np.frombuffer(logits, dtype=np.float32)  # array operations: ban, mask, argmax, finiteness
         if self._banned is not None:
             view[self._banned] = -np.inf
         if self._mask is not None:
@@ -67,7 +73,11 @@ class LlamaSampler:
             self._recent.apply(logits)
         if self._chain is None:
             token = int(view.argmax())
+            if not math.isfinite(view[token]):
+                raise NonFiniteLogits
         else:
+            if not math.isfinite(view.max()):
+                raise NonFiniteLogits
             token = llama_cpp.llama_sampler_sample(self._chain, self._ctx, row)
         if self._mask is not None:
             self._mask.accept(token)
