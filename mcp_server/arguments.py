@@ -12,9 +12,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from engine.errors import bounded
+
 MAX_SHOWN_VALUE = 60
 MAX_PROBLEMS = 5
-MAX_MESSAGE = 480
 
 _REWORDINGS = (
     ("Input should be ", "must be "),
@@ -28,8 +29,11 @@ _REWORDINGS = (
 
 
 def shown(value: Any) -> str:
-    """A caller's value for an error message: its repr, cut short."""
-    text = repr(value)
+    """A caller's value for an error message: its repr, cut short (a value nested too deeply to repr too)."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        return f"<a {type(value).__name__} nested too deeply to show>"
     return text if len(text) <= MAX_SHOWN_VALUE else text[: MAX_SHOWN_VALUE - 1] + "…"
 
 
@@ -38,7 +42,7 @@ def describe(error: ValidationError, *, valid: Iterable[str] = ()) -> str:
     problems = []
     errors = error.errors(include_url=False)
     for e in errors[:MAX_PROBLEMS]:
-        where = ".".join(str(part) for part in e["loc"]) or "arguments"
+        where = bounded(".".join(str(part) for part in e["loc"]), MAX_SHOWN_VALUE) or "arguments"
         what = e["msg"]
         for old, new in _REWORDINGS:
             what = what.replace(old, new)
@@ -52,10 +56,6 @@ def describe(error: ValidationError, *, valid: Iterable[str] = ()) -> str:
     if len(errors) > MAX_PROBLEMS:
         problems.append(f"and {len(errors) - MAX_PROBLEMS} more problems")
     return bounded("invalid arguments: " + "; ".join(problems))
-
-
-def bounded(message: str) -> str:
-    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
 
 
 def unknown_arguments(arguments: Iterable[str], valid: Iterable[str]) -> str | None:

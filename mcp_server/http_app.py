@@ -26,6 +26,7 @@ from mcp_server.disconnects import DisconnectWatch
 from mcp_server.http_security import guarded, transport_security
 from mcp_server.metrics import ADAPTER_SET_LABEL_CAP, Metrics
 from mcp_server.openai_api import openai_routes
+from mcp_server.openai_api.error_bodies import OpenAIErrorBodies
 from mcp_server.server import build_server
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,8 @@ def build_http_app(
     on_engine_failure: Callable[[BaseException], None] | None = None,
     metrics_adapter_sets: int = ADAPTER_SET_LABEL_CAP,
 ) -> ASGIApp:
-    """The app, behind Host/Origin checks on every route, the optional token, and a body limit."""
+    """The app, behind Host/Origin checks on every route, the optional token, and a body limit; every
+    error under /v1, theirs included, is an OpenAI error object."""
     metrics = Metrics(engine, adapter_set_cap=metrics_adapter_sets)
     mcp = build_server(engine, metrics=metrics)
     mcp_app = mcp.streamable_http_app(
@@ -100,7 +102,7 @@ def build_http_app(
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app = DisconnectWatch(RefuseNewSessions(app, engine), MCP_PATH)
-    return guarded(app, bind_host=host, allowed_hosts=allowed_hosts, token=auth_token)
+    return OpenAIErrorBodies(guarded(app, bind_host=host, allowed_hosts=allowed_hosts, token=auth_token))
 
 
 class RefuseNewSessions:

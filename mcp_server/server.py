@@ -13,6 +13,7 @@ from mcp.types import CallToolResult
 from pydantic import ValidationError
 
 from engine import InferenceEngine
+from engine.errors import bounded
 from mcp_server import adapter_tools, inference_tool
 from mcp_server.arguments import describe, unknown_arguments
 from mcp_server.disconnects import abandon_when_gone
@@ -47,7 +48,7 @@ class LoramuxServer(MCPServer):
         except ToolError as exc:
             if isinstance(exc.__cause__, ValidationError):
                 raise ToolError(describe(exc.__cause__)) from exc.__cause__
-            raise
+            raise ToolError(bounded(str(exc))) from exc.__cause__  # whatever input a message quotes
 
     def drop_prompts(self) -> None:
         """Serve (and so advertise) no prompts capability: MCPServer registers prompts/list and

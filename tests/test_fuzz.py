@@ -23,13 +23,13 @@ import anyio
 import anyio.from_thread
 import httpx2
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from mcp import Client, StdioServerParameters
 
+from tests.fuzz_values import FUZZ_SETTINGS, json_values
 from tests.http_server import http_server
 
-CALLS = int(os.environ.get("LORAMUX_FUZZ_CALLS", "1000"))
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_PATHS = (str(ROOT), sys.prefix, "site-packages")
 TOOLS = ("llm_inference", "list_adapters", "load_adapter", "unload_adapter")
@@ -37,28 +37,8 @@ KNOWN_ARGUMENTS = (
     "prompt", "messages", "system", "raw", "max_tokens", "temperature", "top_p", "top_k", "min_p",
     "repeat_penalty", "repeat_last_n", "seed", "stop", "ignore_eos", "adapters", "adapter", "name", "path",
 )  # fmt: skip
-FUZZ_SETTINGS = settings(
-    max_examples=CALLS,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
-)
-
 # -- what a model might send ------------------------------------------------------------------------------
 
-scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=40)
-    | st.sampled_from(["", " ", "../../etc/passwd", "/etc/hosts", "caps", "a" * 3000, "\x00", "<|im_start|>", "é🙂"])
-)
-json_values = st.recursive(
-    scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
-    max_leaves=12,
-)
 message = st.fixed_dictionaries(
     {"role": st.sampled_from(["user", "assistant", "system", "tool", "", "USER"]) | json_values},
     optional={"content": st.text(max_size=60) | json_values, "name": json_values},

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route, Router
 
 from engine import InferenceEngine
 from mcp_server.metrics import Metrics
@@ -10,14 +10,18 @@ from mcp_server.openai_api.completions import Completions
 from mcp_server.openai_api.models import Models
 
 
-def openai_routes(engine: InferenceEngine, metrics: Metrics) -> list[Route]:
+def openai_routes(engine: InferenceEngine, metrics: Metrics) -> list[BaseRoute]:
+    """The routes under /v1, in a router of their own that never redirects: an API client sends a POST
+    once, and a path that does not match is a 404 error object (error_bodies.py), not a 307."""
     completions = Completions(engine, metrics)
     models = Models(engine)
-    return [
-        Route("/v1/completions", completions.completions, methods=["POST"]),
-        Route("/v1/chat/completions", completions.chat_completions, methods=["POST"]),
-        Route("/v1/models", models.models, methods=["GET"]),
-        Route("/v1/adapters", models.list_adapters, methods=["GET"]),
-        Route("/v1/adapters", models.load_adapter, methods=["POST"]),
-        Route("/v1/adapters/{name}", models.unload_adapter, methods=["DELETE"]),
+    routes = [
+        Route("/completions", completions.completions, methods=["POST"]),
+        Route("/chat/completions", completions.chat_completions, methods=["POST"]),
+        Route("/models", models.models, methods=["GET"]),
+        Route("/models/{model:path}", models.model, methods=["GET"]),
+        Route("/adapters", models.list_adapters, methods=["GET"]),
+        Route("/adapters", models.load_adapter, methods=["POST"]),
+        Route("/adapters/{name}", models.unload_adapter, methods=["DELETE"]),
     ]
+    return [Mount("/v1", app=Router(routes, redirect_slashes=False))]

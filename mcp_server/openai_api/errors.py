@@ -1,6 +1,7 @@
 """OpenAI error objects (`{"error": {"message", "type", "param", "code"}}`) with the status OpenAI's
 clients expect: they raise BadRequestError on 400, NotFoundError on 404, RateLimitError on 429 (and
-retry it after `Retry-After`), InternalServerError on 5xx."""
+retry it after `Retry-After`), InternalServerError on 5xx. Every one is bounded (message ≤ 480
+characters, param ≤ 100), whatever input it quotes."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from starlette.responses import JSONResponse
 
 from engine import (
     AdapterInUse,
+    ConstraintFailed,
     EngineBusy,
     EngineError,
     EngineStopped,
@@ -20,9 +22,15 @@ from engine import (
     RequestTimedOut,
     UnknownAdapter,
 )
+from engine.errors import bounded, listed
+from engine.request import nesting_depth
 from mcp_server.arguments import describe
 
 BUSY_RETRY_AFTER_S = 2
+MAX_PARAM_CHARS = 100
+# A request body's JSON nesting: chat requests need 5 levels, a response_format's schema 3 more than its
+# own (engine.request.MAX_SCHEMA_DEPTH); deeper bodies only exhaust the parser's recursion.
+MAX_BODY_DEPTH = 80
 
 
 class OpenAIError(Exception):
@@ -36,8 +44,10 @@ class OpenAIError(Exception):
         code: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
+        message = bounded(message)
         super().__init__(message)
         self.status = status
+        param = bounded(param, MAX_PARAM_CHARS) if param is not None else None
         self.body = {"message": message, "type": type, "param": param, "code": code}
         self.headers = headers
 
@@ -50,10 +60,16 @@ class OpenAIError(Exception):
 
 
 async def read_json(request: Request) -> Any:
+    too_deep = OpenAIError(400, f"the request body nests arrays and objects more than {MAX_BODY_DEPTH} levels deep")
     try:
-        return json.loads(await request.body())
+        body = json.loads(await request.body())
     except (ValueError, UnicodeDecodeError):
         raise OpenAIError(400, "the request body is not valid JSON") from None
+    except RecursionError:  # the parser recurses once per level and gives up near 1,000
+        raise too_deep from None
+    if nesting_depth(body, MAX_BODY_DEPTH) > MAX_BODY_DEPTH:
+        raise too_deep
+    return body
 
 
 def invalid(exc: ValidationError) -> OpenAIError:
@@ -71,7 +87,7 @@ def invalid(exc: ValidationError) -> OpenAIError:
 def model_not_found(model: str, known: list[str]) -> OpenAIError:
     return OpenAIError(
         404,
-        f"the model {model!r} does not exist; use the base model or a loaded adapter: {', '.join(known)} "
+        f"the model {bounded(model, 80)!r} does not exist; use the base model or a loaded adapter: {listed(known)} "
         "(GET /v1/models lists them)",
         param="model",
         code="model_not_found",
@@ -83,6 +99,8 @@ def from_engine(exc: EngineError) -> OpenAIError:
         return OpenAIError(404, str(exc), code="adapter_not_found")
     if isinstance(exc, AdapterInUse):
         return OpenAIError(409, str(exc), code="adapter_in_use")
+    if isinstance(exc, ConstraintFailed):
+        return OpenAIError(400, str(exc), param="response_format", code="constraint_failed")
     if isinstance(exc, InvalidRequest):
         return OpenAIError(400, str(exc))
     if isinstance(exc, EngineBusy):

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from engine import AdapterListing, EngineError, InferenceEngine
-from mcp_server.openai_api.errors import OpenAIError, from_engine, invalid, read_json
+from mcp_server.openai_api.errors import OpenAIError, from_engine, invalid, model_not_found, read_json
 from mcp_server.openai_api.schemas import AdapterLoad
 
 OWNER = "loramux"
@@ -27,14 +27,20 @@ class Models:
             listing = await self._listing()
         except OpenAIError as exc:
             return exc.response()
-        base = listing.base_model
-        created = int(min((a.loaded_at.timestamp() for a in listing.adapters), default=0))
-        data = [_model(base.name, created, root=base.name, parent=None)]
-        data += [
-            _model(a.name, int(a.loaded_at.timestamp()), root=Path(a.path).name, parent=base.name)
-            for a in listing.adapters
-        ]
-        return JSONResponse({"object": "list", "data": data})
+        return JSONResponse({"object": "list", "data": _models(listing)})
+
+    async def model(self, request: Request) -> JSONResponse:
+        """GET /v1/models/{model}: one entry of the list, as OpenAI's `models.retrieve` reads it."""
+        try:
+            listing = await self._listing()
+        except OpenAIError as exc:
+            return exc.response()
+        wanted = request.path_params["model"]
+        models = _models(listing)
+        for entry in models:
+            if wanted in (entry["id"], entry["id"].removesuffix(".gguf")):
+                return JSONResponse(entry)
+        return model_not_found(wanted, [m["id"] for m in models]).response()
 
     async def list_adapters(self, _request: Request) -> JSONResponse:
         try:
@@ -69,6 +75,17 @@ class Models:
             return await self._engine.list_adapters()
         except EngineError as exc:
             raise from_engine(exc) from None
+
+
+def _models(listing: AdapterListing) -> list[dict[str, Any]]:
+    """The base model, then each loaded adapter (as vLLM lists LoRA modules)."""
+    base = listing.base_model
+    created = int(min((a.loaded_at.timestamp() for a in listing.adapters), default=0))
+    data = [_model(base.name, created, root=base.name, parent=None)]
+    data += [
+        _model(a.name, int(a.loaded_at.timestamp()), root=Path(a.path).name, parent=base.name) for a in listing.adapters
+    ]
+    return data
 
 
 def _model(id: str, created: int, *, root: str, parent: str | None) -> dict[str, Any]:
