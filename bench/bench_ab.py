@@ -24,7 +24,7 @@ from pathlib import Path
 import anyio
 from mcp import Client
 
-from bench.bench_adapters import TARGETS, run_mix
+from bench.bench_adapters import DEFAULT_SAMPLING, GREEDY, TARGETS, run_mix
 from bench.bench_batching import timed_call
 from tests.adapter_factory import write_lora
 from tests.http_server import http_server
@@ -32,7 +32,9 @@ from tests.http_server import http_server
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def compare(urls: dict[str, str], levels: list[int], repeats: int, max_tokens: int, adapters: int) -> dict:
+async def compare(
+    urls: dict[str, str], levels: list[int], repeats: int, max_tokens: int, adapters: int, sampling: dict[str, object]
+) -> dict:
     results: dict[int, dict[str, list[float]]] = {}
     async with AsyncExitStack() as stack:
         for url in urls.values():
@@ -50,7 +52,7 @@ async def compare(urls: dict[str, str], levels: list[int], repeats: int, max_tok
                 order = list(urls) if r % 2 == 0 else list(reversed(urls))
                 for label in order:
                     mix = [f"a{i % adapters}" if adapters else None for i in range(n)]
-                    tps, _ = await run_mix(clients[label], mix, max_tokens)
+                    tps, _ = await run_mix(clients[label], mix, max_tokens, sampling)
                     runs[label].append(tps)
             results[n] = runs
             print(n, runs, flush=True)
@@ -64,8 +66,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=6)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--adapters", type=int, default=0, help="spread the calls over this many LoRA adapters")
+    ap.add_argument(
+        "--sampling", choices=("greedy", "default"), default="greedy", help="default: the tool's default sampling"
+    )
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
+    sampling = GREEDY if args.sampling == "greedy" else DEFAULT_SAMPLING
     levels = [int(x) for x in args.levels.split(",")]
     out = args.out or ROOT / ("bench/results/ab_adapters.md" if args.adapters else "bench/results/ab.md")
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
@@ -78,18 +84,21 @@ def main() -> None:
         before = stack.enter_context(http_server(*server_args, source=worktree))
         after = stack.enter_context(http_server(*server_args))
         urls = {"before": before + "/mcp", "after": after + "/mcp"}
-        results = anyio.run(compare, urls, levels, args.repeats, args.max_tokens, args.adapters)
+        results = anyio.run(compare, urls, levels, args.repeats, args.max_tokens, args.adapters, sampling)
     spread = f", spread over {args.adapters} LoRA adapters (rank 16, as bench_adapters)" if args.adapters else ""
     lines = [
         "# A/B: this tree's server against an earlier commit's, same run",
         "",
         f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()}, {os.cpu_count()} cores. N concurrent "
-        f"`llm_inference` calls over MCP HTTP ({args.max_tokens} tokens each, greedy, ignore_eos){spread}, "
+        f"`llm_inference` calls over MCP HTTP ({args.max_tokens} tokens each, "
+        f"{'greedy' if args.sampling == 'greedy' else 'the default sampling'}, ignore_eos){spread}, "
         f"one session per call, on two servers running side by side: **before** = commit `{args.before}`, "
         "**after** = this tree. "
         f"{args.repeats} repeats alternating which server goes first; ratio within each repeat, then the median. "
         f"Command: `.venv/bin/python -m bench.bench_ab --before {args.before}"
-        + (f" --adapters {args.adapters} --levels {args.levels}`." if args.adapters else "`."),
+        + (f" --adapters {args.adapters}" if args.adapters else "")
+        + (f" --sampling {args.sampling}" if args.sampling != "greedy" else "")
+        + f" --levels {args.levels} --repeats {args.repeats}`.",
         "",
         "| N | before tok/s (median) | after tok/s (median) | after / before (median of repeats) | range |",
         "|---|---|---|---|---|",

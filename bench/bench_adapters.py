@@ -39,7 +39,15 @@ MIXES = {
 TARGETS = ("attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 
 
-async def call(client: Client, prompt: str, adapter: str | None, max_tokens: int) -> tuple[int, float]:
+# pure greedy, the benchmarks' default; DEFAULT_SAMPLING: the tool's own defaults (temperature 0.7, top-k/p,
+# min-p, repeat penalty 1.1), which run llama.cpp's sampler chain instead of an argmax
+GREEDY = {"temperature": 0, "repeat_penalty": 1.0, "ignore_eos": True}
+DEFAULT_SAMPLING = {"ignore_eos": True}
+
+
+async def call(
+    client: Client, prompt: str, adapter: str | None, max_tokens: int, sampling: dict[str, object] = GREEDY
+) -> tuple[int, float]:
     start = time.perf_counter()
     first: list[float] = []
 
@@ -47,7 +55,7 @@ async def call(client: Client, prompt: str, adapter: str | None, max_tokens: int
         if not first:
             first.append(time.perf_counter() - start)
 
-    args = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "repeat_penalty": 1.0, "ignore_eos": True}
+    args: dict[str, object] = {"prompt": prompt, "max_tokens": max_tokens, **sampling}
     if adapter:
         args["adapter"] = adapter
     r = await client.call_tool("llm_inference", args, read_timeout_seconds=600, progress_callback=on_progress)
@@ -56,12 +64,14 @@ async def call(client: Client, prompt: str, adapter: str | None, max_tokens: int
     return r.structured_content["usage"]["completion_tokens"], first[0]  # type: ignore[index]
 
 
-async def run_mix(clients: list[Client], adapters: list[str | None], max_tokens: int) -> tuple[float, list[float]]:
+async def run_mix(
+    clients: list[Client], adapters: list[str | None], max_tokens: int, sampling: dict[str, object] = GREEDY
+) -> tuple[float, list[float]]:
     out: list[tuple[int, float]] = []
     prompts = prompts_for(len(adapters))
 
     async def one(i: int) -> None:
-        out.append(await call(clients[i], prompts[i], adapters[i], max_tokens))
+        out.append(await call(clients[i], prompts[i], adapters[i], max_tokens, sampling))
 
     start = time.perf_counter()
     async with anyio.create_task_group() as tg:
