@@ -23,9 +23,9 @@ from mcp import Client
 
 from bench.raw_decode import raw_batched_decode
 from engine import ChatMessage, EngineConfig, GenerateRequest
-from engine.chat_template import ChatTemplate
-from engine.llama_runner import LlamaRunner
-from engine.preparation import RequestPreparer
+from engine.llama.chat_template import ChatTemplate
+from engine.llama.cpp.runner import LlamaRunner
+from engine.llama.preparation import RequestPreparer
 from tests.http_server import http_server
 
 TOPICS = ["rivers", "volcanoes", "owls", "bread", "glaciers", "chess", "bees", "comets"]

@@ -19,15 +19,16 @@ from unittest import mock
 
 import anyio
 
-from engine import ChatMessage, Engine, EngineConfig, GenerateRequest, SamplingParams
-from engine.scheduler import Scheduler
+from engine import ChatMessage, EngineConfig, GenerateRequest, SamplingParams
+from engine.llama import LlamaEngine
+from engine.llama.scheduling.scheduler import Scheduler
 
 CLIENTS = 8
 
 
 async def bursts(seconds: float, seed: int) -> tuple[float, dict[int, int], int]:
     rng = random.Random(seed)
-    async with Engine(EngineConfig(max_sequences=CLIENTS)) as engine:
+    async with LlamaEngine(EngineConfig(max_sequences=CLIENTS)) as engine:
         await engine.complete(GenerateRequest(prompt="warm up", sampling=SamplingParams(max_tokens=4)))
         start = time.perf_counter()
         tokens = 0

@@ -18,7 +18,8 @@ from pathlib import Path
 import anyio
 
 from bench.report import run_stamp, save_report
-from engine import ChatMessage, Engine, EngineConfig, GenerateRequest, SamplingParams
+from engine import ChatMessage, EngineConfig, GenerateRequest, SamplingParams
+from engine.llama import LlamaEngine
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = {
@@ -32,7 +33,7 @@ SCHEMA = {
 TOPICS = ["fruits", "rivers", "cities", "tools", "birds", "colours", "sports", "planets"]
 
 
-async def batch(engine: Engine, requests: list[GenerateRequest]) -> tuple[float, list[int]]:
+async def batch(engine: LlamaEngine, requests: list[GenerateRequest]) -> tuple[float, list[int]]:
     tokens: dict[int, int] = {}
 
     async def one(i: int) -> None:
@@ -54,7 +55,7 @@ def ask(topic: str, **fields: object) -> GenerateRequest:
 
 async def compare(repeats: int) -> list[tuple[float, float]]:
     runs = []
-    async with Engine(EngineConfig(max_sequences=8, context_per_sequence=1024)) as engine:
+    async with LlamaEngine(EngineConfig(max_sequences=8, context_per_sequence=1024)) as engine:
         await batch(engine, [ask(t, json_schema=SCHEMA) for t in TOPICS[:2]])  # warm up (the token table)
         for _ in range(repeats):
             wall_c, lengths = await batch(engine, [ask(t, json_schema=SCHEMA) for t in TOPICS])
@@ -82,7 +83,7 @@ def main() -> None:
             f"{run_stamp()}, "
             f"`python -m bench.bench_constrained --repeats {args.repeats}`. 8 concurrent requests on the in-process "
             "engine (SmolLM2-135M Q4_1), greedy; the plain runs generate exactly as many tokens per request as the "
-            "constrained ones did. llguidance computes each step's token mask (engine/constraints.py).",
+            "constrained ones did. llguidance computes each step's token mask (engine/llama/cpp/constraints.py).",
             "",
             "| repeat | with schema tok/s | without tok/s | ratio |",
             "|---|---|---|---|",

@@ -17,7 +17,8 @@ from pathlib import Path
 import anyio
 
 from bench.report import run_stamp, save_report
-from engine import ChatMessage, Engine, EngineConfig, GenerateRequest, GenerationResult, SamplingParams
+from engine import ChatMessage, EngineConfig, GenerateRequest, GenerationResult, SamplingParams
+from engine.llama import LlamaEngine
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEM = " ".join(
@@ -35,8 +36,8 @@ def ask(question: str) -> GenerateRequest:
 async def compare() -> tuple[list[GenerationResult], list[GenerationResult], int]:
     config = {"max_sequences": 4, "context_per_sequence": 2048}
     async with (
-        Engine(EngineConfig(**config)) as cached,  # type: ignore[arg-type]
-        Engine(EngineConfig(**config, prefix_cache_cells=0)) as cold,  # type: ignore[arg-type]
+        LlamaEngine(EngineConfig(**config)) as cached,  # type: ignore[arg-type]
+        LlamaEngine(EngineConfig(**config, prefix_cache_cells=0)) as cold,  # type: ignore[arg-type]
     ):
         await cached.complete(ask("Hello."))
         await cold.complete(ask("Hello."))

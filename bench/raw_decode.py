@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import llama_cpp
 
-from engine.llama_log import quiet_llama_logs
+from engine.llama.cpp.log import quiet_llama_logs
 
 
 @dataclass

@@ -15,7 +15,8 @@ import time
 import anyio
 
 import engine as engine_pkg
-from engine import ChatMessage, Engine, EngineConfig, EngineError, GenerateRequest, SamplingParams
+from engine import ChatMessage, EngineConfig, EngineError, GenerateRequest, SamplingParams
+from engine.llama import LlamaEngine
 
 STREAMS = 4
 PARAGRAPH = (
@@ -36,7 +37,7 @@ async def probe(long_chars: int, settle_s: float) -> dict:
     arrivals: list[list[float]] = [[] for _ in range(STREAMS)]
     sampling = SamplingParams(temperature=0.0, repeat_penalty=1.0, max_tokens=30_000, ignore_eos=True)
     window: dict[str, float] = {}
-    async with Engine(EngineConfig(max_sequences=STREAMS + 1, context_per_sequence=2048)) as engine:
+    async with LlamaEngine(EngineConfig(max_sequences=STREAMS + 1, context_per_sequence=2048)) as engine:
         await engine.complete(GenerateRequest(prompt="warm up", sampling=SamplingParams(max_tokens=4)))
         stop = anyio.Event()
 

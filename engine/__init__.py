@@ -1,11 +1,14 @@
-"""loramux's inference engine: one resident llama.cpp model, continuously batched requests. Knows nothing of MCP.
+"""loramux's engine interface: what the front ends (MCP tools, the OpenAI API) may know of an engine.
 
-Front ends depend on `InferenceEngine` (interface.py); `LlamaEngine` (alias `Engine`) implements it.
+The protocol (`InferenceEngine`, `GenerationStream`), the request, result and info types, the errors,
+the options any backend takes (`EngineConfig`) and `open_engine`, which imports the chosen backend
+lazily. Importing this package loads no backend (and so no llama.cpp); the in-process llama.cpp backend
+is `engine.llama` (`LlamaEngine`).
 """
 
+from engine.backends import open_engine
 from engine.config import EngineConfig
 from engine.default_model import default_model_path
-from engine.engine import Engine, LlamaEngine, RequestStream
 from engine.errors import (
     AdapterInUse,
     ConstraintFailed,
@@ -22,6 +25,8 @@ from engine.errors import (
 from engine.info import (
     AdapterInfo,
     AdapterListing,
+    BackendMetric,
+    Capabilities,
     EngineState,
     EngineStats,
     LoadedAdapter,
@@ -37,9 +42,10 @@ __all__ = [
     "AdapterInfo",
     "AdapterListing",
     "AdapterRef",
+    "BackendMetric",
+    "Capabilities",
     "ChatMessage",
     "ConstraintFailed",
-    "Engine",
     "EngineBusy",
     "EngineConfig",
     "EngineError",
@@ -53,13 +59,11 @@ __all__ = [
     "GenerationStream",
     "InferenceEngine",
     "InvalidRequest",
-    "LlamaEngine",
     "LoadedAdapter",
     "ModelInfo",
     "NonFiniteOutput",
     "PromptTooLong",
     "RequestStatus",
-    "RequestStream",
     "RequestTimedOut",
     "SamplingParams",
     "TextDelta",
@@ -67,4 +71,5 @@ __all__ = [
     "UnknownAdapter",
     "Usage",
     "default_model_path",
+    "open_engine",
 ]

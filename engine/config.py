@@ -52,7 +52,7 @@ class EngineConfig(BaseModel):
         "builds always use llama.cpp's choice.",
     )
     adaptive_threads: bool = Field(
-        True, description="Use fewer threads while other processes keep cores busy (engine/cpu_share.py)."
+        True, description="Use fewer threads while other processes keep cores busy (engine/llama/cpp/cpu_share.py)."
     )
     mix_adapters: bool = Field(
         True,

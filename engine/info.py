@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from engine.request import GenerateRequest
+
 
 class EngineState(enum.StrEnum):
     STARTING = "starting"  # loading the model
@@ -20,6 +22,33 @@ class EngineState(enum.StrEnum):
     STOPPING = "stopping"  # shutting down: no new requests
     STOPPED = "stopped"
     FAILED = "failed"  # the engine stopped after an internal error
+
+
+class Capabilities(BaseModel):
+    """What a backend can do: the front ends check requests against it and tell agents."""
+
+    model_config = ConfigDict(frozen=True)
+
+    adapters: bool = Field(True, description="LoRA adapters can be loaded and applied per request.")
+    max_adapters_per_request: int = Field(8, description="Adapters one request may mix, each at its own scale.")
+    mixed_adapter_sets: bool = Field(
+        False, description="Requests with different adapter sets share decode steps (else the sets take turns)."
+    )
+    batch_invariant: bool = Field(
+        False, description="A request's output is the same alone and batched with any others (greedy text is exact)."
+    )
+    constrained_output: bool = Field(False, description="Output can be constrained to a JSON Schema or a grammar.")
+    prefix_cache: bool = Field(False, description="Repeated prompt prefixes are read once per adapter set.")
+
+    def problem_with(self, request: GenerateRequest) -> str | None:
+        """Why this engine cannot serve `request` as asked (the front ends refuse it with this), or None."""
+        if request.adapters and not self.adapters:
+            return "this engine serves no LoRA adapters: drop `adapters`"
+        if len(request.adapters) > self.max_adapters_per_request:
+            return f"this engine mixes at most {self.max_adapters_per_request} adapters per request"
+        if (request.json_schema is not None or request.grammar is not None) and not self.constrained_output:
+            return "this engine cannot constrain output: drop `json_schema` and `grammar`"
+        return None
 
 
 class ModelInfo(BaseModel):
@@ -33,12 +62,10 @@ class ModelInfo(BaseModel):
     size_bytes: int
     context_per_request: int = Field(description="Tokens one request may hold, prompt and answer together.")
     backend: str = Field("CPU", description='What runs the model: "CPU", or the GPU layers are offloaded to.')
-    layers: int = Field(0, description="The model's layers, its output layer included (as llama.cpp counts).")
+    layers: int = Field(0, description="The model's layers, its output layer included.")
     gpu_layers: int = Field(0, description="Layers offloaded to the GPU (0 on CPU).")
     max_running_requests: int = Field(description="Requests generated together; more wait in a queue.")
-    mixed_adapter_sets: bool = Field(
-        False, description="Requests with different adapter sets share decode steps (else the sets take turns)."
-    )
+    capabilities: Capabilities = Field(Capabilities(), description="What this engine can do.")
 
 
 class AdapterInfo(BaseModel):
@@ -70,6 +97,16 @@ class AdapterListing(BaseModel):
 
 
 @dataclass(frozen=True)
+class BackendMetric:
+    """A number only some backends have, exported as `loramux_<name>` (a counter's name gets `_total`)."""
+
+    name: str
+    help: str
+    kind: Literal["gauge", "counter"]
+    value: float
+
+
+@dataclass(frozen=True)
 class EngineStats:
     running: int = 0
     waiting: int = 0
@@ -79,23 +116,23 @@ class EngineStats:
     requests_finished: int = 0
     requests_cancelled: int = 0
     requests_failed: int = 0
-    sequence_moves: int = 0  # running requests' state moved to keep groups contiguous
-    adapter_switches: int = 0  # steps that changed the adapter set
-    context_rebuilds: int = 0  # model contexts rebuilt after repeated faulty steps
-    kv_cells_used: int = 0  # context cells held by running requests
     prefix_hits: int = 0  # admissions that reused a cached prompt prefix
     prefix_misses: int = 0
     prefix_tokens_saved: int = 0  # prompt tokens not prefilled thanks to hits
-    prefix_cache_cells: int = 0  # cells of cached prefixes (in free slots)
     adapter_loads: int = 0
     adapter_unloads: int = 0
-    adapter_names: tuple[str, ...] = ()  # the loaded adapters
+    adapters_loaded: int = 0
     # sequences_per_step[n] = number of decode steps that carried n sequences
     sequences_per_step: dict[int, int] = field(default_factory=dict)
-    # requests not generating yet: queued ones (request ids, first in line first) and those reading
-    # their prompt (request id → (prompt tokens read, prompt tokens)); for RequestStatus
-    queued: tuple[int, ...] = ()
-    reading: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # what only this backend counts (llama: KV cells, sequence moves, …), published as they are
+    backend: tuple[BackendMetric, ...] = ()
+
+    def backend_value(self, name: str) -> float:
+        """The value of the backend metric `name` (KeyError if this backend has none)."""
+        for metric in self.backend:
+            if metric.name == name:
+                return metric.value
+        raise KeyError(name)
 
 
 @dataclass(frozen=True)

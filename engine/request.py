@@ -1,7 +1,7 @@
 """What a caller asks of the engine: input (raw prompt or chat messages), sampling, adapter set.
 
 These models are the one source of truth for arguments: their bounds and descriptions become the MCP
-tool's input schema (mcp_server/inference_tool.py builds its parameters from these fields).
+tool's input schema (mcp_server/tools/inference.py builds its parameters from these fields).
 """
 
 from __future__ import annotations

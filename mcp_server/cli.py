@@ -11,12 +11,12 @@ from collections.abc import Iterator
 import anyio
 import uvicorn
 
-from engine import Engine, EngineError
+from engine import EngineError, InferenceEngine, open_engine
 from mcp_server.http_app import MCP_PATH, build_http_app
-from mcp_server.server import build_server
 from mcp_server.settings import Settings, load
 from mcp_server.shutdown import stop_on_signals
 from mcp_server.stdio import serve_stdio
+from mcp_server.tools.server import build_server
 
 logger = logging.getLogger("loramux")
 
@@ -31,10 +31,11 @@ def main(argv: list[str] | None = None) -> None:
         # The SDK logs every session and every failed tool call (with its message) at INFO: at an
         # agent's pace that drowns the operator's log. Its warnings and errors still show.
         logging.getLogger("mcp").setLevel(logging.WARNING)
-    engine = Engine(args.engine_config())
+    config = args.engine_config()
+    engine = open_engine(config)
     try:
         if args.http:
-            anyio.run(_serve_http, engine, args)
+            anyio.run(_serve_http, engine, args, config.model_path.name)
         else:
             anyio.run(serve_stdio, build_server(engine, own_engine=True), engine, args.shutdown_grace)
     except* EngineError as group:  # e.g. a preloaded adapter that fails validation
@@ -67,7 +68,7 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
-async def _serve_http(engine: Engine, args: Settings) -> None:
+async def _serve_http(engine: InferenceEngine, args: Settings, model_name: str) -> None:
     host, port = args.host, args.port
     failures: list[BaseException] = []
 
@@ -94,7 +95,7 @@ async def _serve_http(engine: Engine, args: Settings) -> None:
         )
     )
     url_host = f"[{host}]" if ":" in host else host
-    logger.info("model %s (loading)", engine.config.model_path.name)
+    logger.info("model %s (loading)", model_name)
     logger.info("MCP endpoint http://%s:%d%s", url_host, port, MCP_PATH)
     logger.info("OpenAI-compatible API http://%s:%d/v1  (metrics: /metrics, health: /health)", url_host, port)
 

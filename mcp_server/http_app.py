@@ -27,7 +27,7 @@ from mcp_server.http_security import guarded, transport_security
 from mcp_server.metrics import ADAPTER_SET_LABEL_CAP, Metrics
 from mcp_server.openai_api import openai_routes
 from mcp_server.openai_api.error_bodies import OpenAIErrorBodies
-from mcp_server.server import build_server
+from mcp_server.tools.server import build_server
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,8 @@ def build_http_app(
                 "model": info.name if info else None,
                 "backend": info.backend if info else None,
                 "gpu_layers": info.gpu_layers if info else None,
-                "mixed_adapter_sets": info.mixed_adapter_sets if info else None,
+                "mixed_adapter_sets": info.capabilities.mixed_adapter_sets if info else None,
+                "capabilities": info.capabilities.model_dump() if info else None,
                 "running": stats.running,
                 "waiting": stats.waiting,
                 "steps": stats.steps,

@@ -238,15 +238,9 @@ class EngineCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         stats = self._engine.stats()
-        info = self._engine.model_info
         yield _gauge("loramux_requests_running", "Requests being generated.", stats.running)
         yield _gauge("loramux_requests_waiting", "Requests queued for a free sequence.", stats.waiting)
-        yield _gauge("loramux_kv_cells_used", "KV cache cells held by running requests.", stats.kv_cells_used)
-        if info is not None:
-            total = info.context_per_request * info.max_running_requests
-            yield _gauge("loramux_kv_cells_total", "KV cache cells of the context.", total)
-        yield _gauge("loramux_adapters_loaded", "LoRA adapters loaded.", len(stats.adapter_names))
-        yield _gauge("loramux_prefix_cache_cells", "KV cells holding cached prompt prefixes.", stats.prefix_cache_cells)
+        yield _gauge("loramux_adapters_loaded", "LoRA adapters loaded.", stats.adapters_loaded)
         state = GaugeMetricFamily("loramux_engine_state", "1 for the engine's current state.", labels=["state"])
         state.add_metric([self._engine.state.value], 1)
         yield state
@@ -258,17 +252,6 @@ class EngineCollector(Collector):
                 stats.adapter_loads,
             ),
             ("loramux_adapter_unloads", "Adapters unloaded.", stats.adapter_unloads),
-            (
-                "loramux_adapter_set_switches",
-                "Decode steps that changed the context's adapter set.",
-                stats.adapter_switches,
-            ),
-            (
-                "loramux_sequence_moves",
-                "Running requests' KV moved to keep the sequence ids of each step contiguous.",
-                stats.sequence_moves,
-            ),
-            ("loramux_context_rebuilds", "Model contexts rebuilt after repeated faulty steps.", stats.context_rebuilds),
             ("loramux_prefix_cache_hits", "Admissions that reused a cached prompt prefix.", stats.prefix_hits),
             ("loramux_prefix_cache_misses", "Admissions that found no cached prefix.", stats.prefix_misses),
             (
@@ -278,6 +261,9 @@ class EngineCollector(Collector):
             ),
         ):
             yield CounterMetricFamily(name, help_text, value=value)
+        for metric in stats.backend:  # what only this backend counts, under the names it gives
+            family = CounterMetricFamily if metric.kind == "counter" else GaugeMetricFamily
+            yield family(f"loramux_{metric.name}", metric.help, value=metric.value)
         yield _sequences_per_step(stats.sequences_per_step)
 
 

@@ -26,8 +26,8 @@ from mcp.shared.message import SessionMessage
 from mcp.types import JSONRPCError, JSONRPCResponse
 
 from engine import InferenceEngine
-from mcp_server.server import LoramuxServer
 from mcp_server.shutdown import stop_on_signals
+from mcp_server.tools.server import LoramuxServer
 
 LINE_BUFFER = 16  # lines read ahead of the server; the reader thread waits beyond this
 READ_SIZE = 1 << 16

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import anyio
 
-from engine import ChatMessage, Engine, EngineConfig, GenerateRequest, SamplingParams
+from engine import ChatMessage, EngineConfig, GenerateRequest, SamplingParams
+from engine.llama import LlamaEngine
 
 TOPICS = """rivers volcanoes owls bread glaciers chess bees comets tea bicycles deserts whales jazz
 maps rainbows gardening sleep bridges libraries coffee penguins forests lighthouses salt clocks
@@ -43,7 +44,7 @@ def first_sentence(text: str) -> str:
 
 
 async def base_replies(all_prompts: list[str]) -> dict[int, str]:
-    async with Engine(EngineConfig(max_sequences=8, context_per_sequence=512)) as engine:
+    async with LlamaEngine(EngineConfig(max_sequences=8, context_per_sequence=512)) as engine:
         replies: dict[int, str] = {}
         limiter = anyio.Semaphore(8)
 

@@ -22,8 +22,8 @@ from gguf import GGUFReader, GGUFWriter
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from engine.chat_template import ChatTemplate
 from engine.default_model import default_model_path
+from engine.llama.chat_template import ChatTemplate
 from engine.request import ChatMessage
 
 # PEFT module name → GGUF tensor name part

@@ -4,7 +4,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from engine import Engine, EngineConfig
+from engine import EngineConfig
+from engine.llama import LlamaEngine
 
 
 @pytest.fixture(scope="session")
@@ -13,7 +14,7 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(scope="session")
-async def engine(anyio_backend: str) -> AsyncIterator[Engine]:
+async def engine(anyio_backend: str) -> AsyncIterator[LlamaEngine]:
     """One real engine on the default model, shared by the engine tests."""
-    async with Engine(EngineConfig(max_sequences=8, context_per_sequence=1024)) as eng:
+    async with LlamaEngine(EngineConfig(max_sequences=8, context_per_sequence=1024)) as eng:
         yield eng

@@ -8,15 +8,18 @@ Every executed step is recorded, so tests can see what the scheduler put in it. 
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from engine.config import EngineConfig
+from engine.default_model import default_model_path
 from engine.errors import EngineFailure
-from engine.info import ModelInfo
+from engine.info import Capabilities, ModelInfo
+from engine.llama.adapters.gguf_header import read_gguf_header
+from engine.llama.scheduling.step import StepOutput, StepPlan
 from engine.request import AdapterKey, SamplingParams
-from engine.step import StepOutput, StepPlan
 
 EOS = 256
 
@@ -53,17 +56,36 @@ class FakeSampler:
         return token
 
 
+@functools.cache
+def default_model_shapes() -> dict[str, tuple[int, ...]]:
+    """The default model's tensor shapes, read from its header: real adapter files validate against them."""
+    path = default_model_path()
+    with path.open("rb") as f:
+        return {t.name: t.shape for t in read_gguf_header(f, path.stat().st_size).tensors}
+
+
 class FakeRunner:
-    def __init__(self, config: EngineConfig, *, reply: bytes = b"hello world", step_seconds: float = 0.0) -> None:
+    """`like_default_model`: the default model's architecture and tensor shapes, so that real adapter
+    files (adapters/caps.gguf) load (as handles that change nothing)."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        *,
+        reply: bytes = b"hello world",
+        step_seconds: float = 0.0,
+        like_default_model: bool = False,
+    ) -> None:
+        self._shapes = default_model_shapes() if like_default_model else {}
         self.info = ModelInfo(
             name="fake.gguf",
             description="fake",
-            architecture="fake",
+            architecture="llama" if like_default_model else "fake",
             parameters=0,
             size_bytes=0,
             context_per_request=config.context_per_sequence,
             max_running_requests=config.max_sequences,
-            mixed_adapter_sets=config.mix_adapters,
+            capabilities=Capabilities(mixed_adapter_sets=config.mix_adapters, constrained_output=False),
         )
         self.vocab = FakeVocab()
         self.reply = reply
@@ -82,7 +104,7 @@ class FakeRunner:
         self.closed = False
 
     def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {}
+        return self._shapes
 
     def add_sequence(self, request_id: int, sampling: SamplingParams, constraint: Any = None) -> None:
         if self.failing_sampler_at_start(sampling):
@@ -113,7 +135,8 @@ class FakeRunner:
             return output
         if self.step_seconds:
             time.sleep(self.step_seconds)
-        assert self.info.mixed_adapter_sets or len(plan.adapter_keys) == 1, "without mixing a step serves one set"
+        mixing = self.info.capabilities.mixed_adapter_sets
+        assert mixing or len(plan.adapter_keys) == 1, "without mixing a step serves one set"
         assert set(adapters) == plan.adapter_keys
         if not self.adapter_sets or self.adapter_sets[-1] != adapters:
             self.adapter_sets.append(dict(adapters))

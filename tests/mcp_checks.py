@@ -85,7 +85,7 @@ async def check_cancelled_call_frees_its_sequence(client: Client) -> None:
     # the request was aborted, not run until its context filled up
     assert stats["requests_cancelled"] == before["requests_cancelled"] + 1
     assert stats["requests_finished"] == before["requests_finished"]
-    assert stats["kv_cells_used"] == 0
+    assert stats["backend"]["kv_cells_used"] == 0
 
 
 async def check_invalid_arguments_give_clear_errors(client: Client) -> None:

@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from engine import (
+    AdapterListing,
     AdapterRef,
     ChatMessage,
     EngineError,
@@ -31,6 +32,7 @@ from engine import (
     ModelInfo,
     RequestStatus,
     SamplingParams,
+    UnknownAdapter,
 )
 from mcp_server.keep_alive import keep_alive
 from mcp_server.metrics import Metered, Metrics
@@ -67,6 +69,10 @@ class Completions:
             stream = self._metrics.generate(self._engine, engine_request, "openai", request.url.path)
             try:
                 await stream.__aenter__()
+            except UnknownAdapter as exc:
+                if not req.adapters and req.model not in model_names((await self._model_info()).name):
+                    await self._require_model(req.model)  # `model` named no loaded adapter: a 404 naming it
+                raise from_engine(exc) from None
             except EngineError as exc:
                 raise from_engine(exc) from None
         except OpenAIError as exc:
@@ -87,30 +93,52 @@ class Completions:
             sampling = SamplingParams(**sampling_fields)
             constraint = {"json_schema": req.output_schema, "grammar": req.grammar}
             if isinstance(req, CompletionRequest):
-                return GenerateRequest(prompt=req.text, sampling=sampling, adapters=adapters, **constraint)
-            return GenerateRequest(messages=_chat(req.messages), sampling=sampling, adapters=adapters, **constraint)
+                request = GenerateRequest(prompt=req.text, sampling=sampling, adapters=adapters, **constraint)
+            else:
+                request = GenerateRequest(
+                    messages=_chat(req.messages), sampling=sampling, adapters=adapters, **constraint
+                )
         except ValidationError as exc:
             raise invalid(exc) from None
+        if (info := self._engine.model_info) is not None and (problem := info.capabilities.problem_with(request)):
+            raise OpenAIError(400, problem)
+        return request
 
     async def _adapters_for(self, req: CompletionRequest | ChatCompletionRequest) -> tuple[AdapterRef, ...]:
         """`model` names the base model or one loaded adapter (as vLLM serves LoRA); `adapters` mixes.
 
-        The loaded adapters' names come with the engine's stats snapshot (updated with every load and
-        unload's answer), so a request costs no round trip to the decode thread here."""
+        An adapter's name goes to the engine as it is: the engine knows what is loaded, and its
+        UnknownAdapter becomes the 404 `model_not_found` (see `_serve`)."""
         info = await self._model_info()
         if req.model in model_names(info.name):
             return tuple(req.adapters or ())
-        loaded = self._engine.stats().adapter_names
-        if req.model not in loaded:
-            raise model_not_found(req.model, [info.name, *loaded])
         if req.adapters:
+            await self._require_model(req.model)  # an unknown model is a 404 first
             raise OpenAIError(
                 400,
                 f"model {req.model!r} is an adapter and `adapters` was given too: name the base model in `model` "
                 "to mix adapters with `adapters`, or drop `adapters`",
                 param="adapters",
             )
-        return (AdapterRef(name=req.model),)
+        try:
+            return (AdapterRef(name=req.model),)
+        except ValidationError:  # not even an adapter's name
+            raise model_not_found(req.model, await self._known_models()) from None
+
+    async def _require_model(self, model: str) -> None:
+        """Raise the 404 for a `model` that names neither the base model nor a loaded adapter."""
+        if model not in (known := await self._known_models()):
+            raise model_not_found(model, known)
+
+    async def _known_models(self) -> list[str]:
+        listing = await self._listing()
+        return [listing.base_model.name, *(a.name for a in listing.adapters)]
+
+    async def _listing(self) -> AdapterListing:
+        try:
+            return await self._engine.list_adapters()
+        except EngineError as exc:
+            raise from_engine(exc) from None
 
     async def _model_info(self) -> ModelInfo:
         info = self._engine.model_info

@@ -12,12 +12,16 @@ matter to clients (Allow, WWW-Authenticate, Retry-After).
 from __future__ import annotations
 
 import json
+import logging
+from asyncio import CancelledError
 from typing import Any
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine.errors import bounded
+
+logger = logging.getLogger(__name__)
 
 PREFIX = "/v1"
 MAX_KEPT_BODY = 64 * 1024  # of a framework's error body, read for its message (they are a few bytes)
@@ -97,7 +101,23 @@ class OpenAIErrorBodies:
                 return
             await self._rewrite(scope, start, bytes(body), send)
 
-        await self.app(scope, receive, send_or_rewrite)
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send_or_rewrite(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except BaseException as exc:
+            # What escapes the app with no answer sent (a BaseException such as a Rust panic passes
+            # Starlette's handler, which catches Exception) still gets an OpenAI error object.
+            if started or isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit | CancelledError):
+                raise
+            logger.exception("an OpenAI request failed with %s", type(exc).__name__)
+            start = {"type": "http.response.start", "status": 500, "headers": []}
+            await self._rewrite(scope, start, b"", send)
 
     @staticmethod
     async def _rewrite(scope: Scope, start: Message, body: bytes, send: Send) -> None:

@@ -1,0 +1,1 @@
+"""LoRA adapter files: where they may come from, what they must hold, and which are loaded."""

@@ -1,0 +1,51 @@
+"""What the core needs from a model runner. `LlamaRunner` is the real one; tests bring a fake.
+
+The runner owns the model's mutable state (context, KV, adapter set, per-request samplers) and is only
+ever called from the core, on one thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+from engine.info import ModelInfo
+from engine.llama.adapters.files import AdapterFileBytes
+from engine.llama.scheduling.step import StepOutput, StepPlan
+from engine.llama.vocab import Vocab
+from engine.request import AdapterKey, SamplingParams
+
+
+class ModelRunner(Protocol):
+    info: ModelInfo
+    vocab: Vocab  # read-only: the async side tokenizes with it
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Base tensor names and shapes, to validate adapters against."""
+        ...
+
+    def add_sequence(self, request_id: int, sampling: SamplingParams, constraint: Any = None) -> None:
+        """Make the request's sampler; raising here refuses the request alone."""
+        ...
+
+    def remove_sequence(self, request_id: int | None, seq_id: int | None) -> None:
+        """Free the request's sampler (if `request_id`) and the slot's context cells (if `seq_id`)."""
+        ...
+
+    def execute(self, plan: StepPlan, adapters: Mapping[AdapterKey, list[tuple[Any, float]]]) -> StepOutput:
+        """Apply the plan's moves, set each chunk's adapters (`adapters`: (handle, scale) pairs of every
+        set in the plan), decode, and sample every chunk that samples."""
+        ...
+
+    def rebuild_context(self) -> None:
+        """Replace the context with a fresh one (empty cells, no adapter set) after faults left it
+        suspect. Called with no sequence left."""
+        ...
+
+    def load_adapter(self, file: AdapterFileBytes) -> Any: ...
+    def free_adapter(self, handle: Any) -> None: ...
+    def kv_cells_used(self, seq_ids: Iterable[int] | None = None) -> int:
+        """Cells holding the KV of these sequences (all if None)."""
+        ...
+
+    def close(self) -> None: ...

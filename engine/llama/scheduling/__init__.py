@@ -1,0 +1,1 @@
+"""Scheduling in pure Python: which sequences and tokens each decode step carries, and what comes of it."""

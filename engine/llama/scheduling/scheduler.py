@@ -1,0 +1,238 @@
+"""Forms each decode step from the running requests, and takes back what the step produced.
+
+`schedule()` returns a StepPlan (plain data): one group of sequences (all of them where the runner
+gives each sequence its own adapter set; else one adapter set per step, taking turns); every member past
+its prompt contributes its last sampled token, then prompts of newly admitted sequences fill the
+prompt-token budget (long prompts are prefilled in chunks over several steps, so running sequences keep
+generating). A request arriving while others generate is admitted at the next step: there is no
+draining and no time window.
+
+`update_from_output()` applies the runner's StepOutput: prefill progress, accepted tokens (and the text
+they make), finishes, and the slots they free.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+
+from engine.llama.scheduling.prefix_cache import PrefixCache, Reuse
+from engine.llama.scheduling.sequence import SeqStatus, Sequence
+from engine.llama.scheduling.step import Chunk, StepOutput, StepPlan, StepUpdate
+from engine.llama.vocab import Vocab
+from engine.request import AdapterKey
+
+
+class Scheduler:
+    def __init__(
+        self,
+        vocab: Vocab,
+        *,
+        max_sequences: int,
+        batch_tokens: int,
+        group_quantum: int = 8,
+        prefix_cache_cells: int = 0,
+        mixed_adapters: bool = False,
+    ) -> None:
+        self._vocab = vocab
+        self.prefix_cache = PrefixCache(prefix_cache_cells)
+        self.max_sequences = max_sequences
+        self.batch_tokens = batch_tokens
+        self.group_quantum = group_quantum  # steps a group keeps the context before another group's turn
+        self.mixed_adapters = mixed_adapters  # one decode serves every adapter set: a single group
+        self.waiting: deque[Sequence] = deque()
+        self.running: dict[int, Sequence] = {}  # seq id → sequence
+        self._free_seq_ids = list(range(max_sequences))  # a heap: lowest id first keeps ids contiguous
+        self._group_order: list[AdapterKey] = []  # round-robin order of adapter groups
+        self._current_group: AdapterKey | None = None
+        self._steps_on_group = 0
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def remove(self, seq: Sequence) -> None:
+        """Take a finished or aborted sequence out; its seq id is free for the next admission."""
+        if seq.status is SeqStatus.WAITING:
+            self.waiting.remove(seq)
+            return
+        del self.running[seq.seq_id]
+        heapq.heappush(self._free_seq_ids, seq.seq_id)
+
+    # -- one step ---------------------------------------------------------------------------------------
+
+    def schedule(self, now: float) -> StepPlan | None:
+        reuses = self._admit(now)
+        if not self.running:
+            return None
+        moves = self._compact()
+        key = self._choose_group()
+        members = [s for s in self.running.values() if self._group(s) == key]
+        chunks: list[Chunk] = []
+        for seq in members:
+            if not seq.is_prefilling:
+                chunks.append(Chunk(seq, [seq.completion_tokens[-1]], seq.next_decode_position, True))
+        budget = self.batch_tokens  # for prompt tokens; decode tokens always fit (one per sequence)
+        for seq in members:
+            if seq.is_prefilling and budget > 0:
+                start = seq.num_prefilled
+                n = min(budget, seq.num_prompt_tokens - start)
+                chunks.append(
+                    Chunk(seq, seq.prompt_tokens[start : start + n], start, start + n == seq.num_prompt_tokens)
+                )
+                budget -= n
+        chunks.sort(key=lambda c: c.seq.seq_id)
+        return StepPlan(chunks, moves, reuses)
+
+    def update_from_output(self, plan: StepPlan, output: StepOutput, now: float) -> StepUpdate:
+        update = StepUpdate(failed=output.failed)
+        failed = {seq.request_id for seq, _ in output.failed}
+        for chunk in plan.chunks:
+            seq = chunk.seq
+            if seq.request_id not in failed and seq.is_prefilling:
+                seq.num_prefilled += len(chunk.tokens)
+                update.prompt_tokens += len(chunk.tokens)
+        for seq, token in output.sampled:
+            text = seq.accept(token, self._vocab, now)
+            if text:
+                update.deltas.append((seq, text))
+            if seq.is_finished:
+                update.finished.append(seq)
+                self.remove(seq)
+        for seq, _ in output.failed:
+            self.remove(seq)
+        return update
+
+    # -- admission and sequence ids ---------------------------------------------------------------------
+
+    def _admit(self, now: float) -> list[Reuse]:
+        n = min(len(self.waiting), len(self._free_seq_ids))
+        if not n:
+            return []
+        admitted = [self.waiting.popleft() for _ in range(n)]
+        # Seq ids of one group should be consecutive, since a step serves one group and llama.cpp
+        # co-batches only consecutive ids (see _compact): hand out ids group by group. Within a group,
+        # sequences with the same adapter set go next to each other where they can: when sets mix, the
+        # patched llama.cpp computes an adapter on only its own tokens' rows if they form one or two runs.
+        turn = {key: i for i, key in enumerate(self._group_order)}
+        admitted.sort(key=lambda s: (turn.get(self._group(s), len(turn)), self._group(s), s.adapter_key))
+        reuses = []
+        for seq in admitted:
+            seq.seq_id = self._take_seq_id(self._group(seq), seq.adapter_key)
+            seq.status = SeqStatus.RUNNING
+            seq.admitted_at = now
+            self.running[seq.seq_id] = seq
+            reuse = self.prefix_cache.admit(seq.seq_id, seq.adapter_key, seq.prompt_tokens)
+            seq.num_prefilled = reuse.keep  # its prefill starts after the shared prefix
+            reuses.append(reuse)
+        return reuses
+
+    def _take_seq_id(self, key: AdapterKey, adapter_key: AdapterKey) -> int:
+        """A free id next to a running member of the same group if there is one (one with the same
+        adapter set first), else the lowest free id."""
+        free = self._free_seq_ids
+        members = sorted(self._ids_of(key), key=lambda i: self.running[i].adapter_key != adapter_key)
+        for member in members:
+            for candidate in (member + 1, member - 1):
+                if candidate in free:
+                    free.remove(candidate)
+                    heapq.heapify(free)
+                    return candidate
+        return heapq.heappop(free)
+
+    def _group(self, seq: Sequence) -> AdapterKey:
+        """The group a sequence decodes with: its adapter set, or one for all when sets mix."""
+        return () if self.mixed_adapters else seq.adapter_key
+
+    def _ids_of(self, key: AdapterKey) -> list[int]:
+        return sorted(i for i, s in self.running.items() if self._group(s) == key)
+
+    def _compact(self) -> list[tuple[int, int]]:
+        """Keep each adapter group's seq ids consecutive, moving sequences' state where needed.
+
+        With one KV stream per sequence, llama.cpp puts a sequence in the same micro-batch as the
+        previous one only if its id is exactly one higher, and a step serves one group: a group at ids
+        {0, 2, 3, 5} costs three passes over the weights per step instead of one. Only gaps inside a
+        group's range matter (ids need not start at 0). A gap is either a free id, which the group's
+        highest member moves into, or another group's member, which first moves out to a free id
+        (next to its own group when possible). Each move shrinks the group's range, so this ends; a move
+        copies one sequence's state once (a few ms), where a split group would cost every step.
+        """
+        moves: list[tuple[int, int]] = []
+        for _ in range(self.max_sequences):  # passes: an eviction may split the evicted member's group
+            moved = len(moves)
+            keys = {self._group(s) for s in self.running.values()}
+            for key in sorted(keys, key=lambda k: self._ids_of(k)[0]):
+                while True:
+                    ids = self._ids_of(key)
+                    if ids[-1] - ids[0] + 1 == len(ids):
+                        break
+                    inside = range(ids[0] + 1, ids[-1])
+                    hole = next((i for i in inside if i not in self.running), None)
+                    if hole is None:
+                        outsider = next(i for i in inside if self._group(self.running[i]) != key)
+                        target = self._eviction_target(self._group(self.running[outsider]))
+                        if target is None:
+                            break  # every slot is taken: wait for a request to finish
+                        self._move(outsider, target, moves)
+                        hole = outsider
+                    self._move(ids[-1], hole, moves)
+            if len(moves) == moved:
+                break
+        return moves
+
+    def _eviction_target(self, key: AdapterKey) -> int | None:
+        free = self._free_seq_ids
+        if not free:
+            return None
+        for member in self._ids_of(key):
+            for candidate in (member + 1, member - 1):
+                if candidate in free:
+                    return candidate
+        return min(free)
+
+    def _move(self, src: int, dst: int, moves: list[tuple[int, int]]) -> None:
+        self.prefix_cache.forget(dst)  # a warm free slot: the move overwrites it
+        self._free_seq_ids.remove(dst)
+        self._free_seq_ids.append(src)
+        heapq.heapify(self._free_seq_ids)
+        seq = self.running.pop(src)
+        seq.seq_id = dst
+        self.running[dst] = seq
+        moves.append((src, dst))
+
+    # -- adapter group turns ----------------------------------------------------------------------------
+
+    def _choose_group(self) -> AdapterKey:
+        """Which adapter group this step serves.
+
+        Groups take turns, `group_quantum` steps each, so none starves and the cost of changing the
+        context's adapter set (llama.cpp re-reserves its graph, ~5 ms) is paid once per turn. A group
+        with a request still waiting for its first token gets the next step out of turn: time to first
+        token is what an agent waits on, and such a request needs one step (its prefill).
+        """
+        running = self.running.values()
+        live = {self._group(s) for s in running}
+        self._group_order = [k for k in self._group_order if k in live]
+        self._group_order += sorted(live.difference(self._group_order))
+        current = self._current_group
+        if current in live:
+            waiting_first = {self._group(s) for s in running if not s.has_first_token}
+            if current not in waiting_first:
+                for key in self._group_order:
+                    if key in waiting_first:
+                        return key  # one step out of turn; the rotation resumes where it was
+            if self._steps_on_group < self.group_quantum or len(live) == 1:
+                self._steps_on_group += 1
+                return current  # type: ignore[return-value]
+            i = self._group_order.index(current)  # type: ignore[arg-type]
+            return self._switch_to(self._group_order[(i + 1) % len(self._group_order)])
+        return self._switch_to(self._group_order[0])
+
+    def _switch_to(self, key: AdapterKey) -> AdapterKey:
+        self._current_group = key
+        self._steps_on_group = 1
+        return key

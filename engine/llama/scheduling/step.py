@@ -1,0 +1,57 @@
+"""One decode step as data: the scheduler's plan going in, the runner's output coming back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.errors import EngineError
+from engine.llama.scheduling.prefix_cache import Reuse
+from engine.llama.scheduling.sequence import Sequence
+from engine.request import AdapterKey
+
+
+@dataclass(slots=True)
+class Chunk:
+    """Tokens of one sequence in one step, at positions start_pos, start_pos+1, …"""
+
+    seq: Sequence
+    tokens: list[int]
+    start_pos: int
+    samples: bool  # the step's logits at this chunk's last token are sampled
+
+
+@dataclass(slots=True)
+class StepPlan:
+    # sorted by seq_id (llama.cpp only co-batches increasing sequence ids); each decodes with its
+    # sequence's adapter set
+    chunks: list[Chunk]
+    # (from, to) seq ids whose state moves before decoding; the scheduler has already renumbered them,
+    # so the runner must apply these even when the step has no chunks or its decode fails.
+    moves: list[tuple[int, int]] = field(default_factory=list)
+    # what admission does to newly taken slots (clear, or reuse a cached prefix); before the moves
+    reuses: list[Reuse] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(c.tokens) for c in self.chunks)
+
+    @property
+    def adapter_keys(self) -> set[AdapterKey]:
+        return {c.seq.adapter_key for c in self.chunks}
+
+
+@dataclass(slots=True)
+class StepOutput:
+    sampled: list[tuple[Sequence, int]] = field(default_factory=list)  # (sequence, sampled token)
+    failed: list[tuple[Sequence, EngineError]] = field(default_factory=list)  # each with its own error
+    adapter_switched: bool = False  # the step changed the adapter set (a cost worth counting)
+
+
+@dataclass(slots=True)
+class StepUpdate:
+    """What a step changed, as the scheduler saw it: text to emit, requests that ended."""
+
+    prompt_tokens: int = 0  # prompt tokens this step added to the context
+    deltas: list[tuple[Sequence, str]] = field(default_factory=list)
+    finished: list[Sequence] = field(default_factory=list)
+    failed: list[tuple[Sequence, EngineError]] = field(default_factory=list)

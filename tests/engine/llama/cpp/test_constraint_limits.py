@@ -1,0 +1,83 @@
+"""Hostile constraints (issue 20): the compiled-grammar cache is bounded by bytes, not only by count; a
+pattern that compiles but cannot run is refused when the request is prepared; a constraint that fails
+mid-generation is the request's own short error."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import llama_cpp
+import pytest
+
+from engine.default_model import default_model_path
+from engine.errors import ConstraintFailed, InvalidRequest
+from engine.llama.cpp.constraints import CACHED_GRAMMAR_BYTES, ConstraintCompiler, TokenMask
+from engine.llama.cpp.log import quiet_llama_logs
+from engine.llama.cpp.sized_cache import SizedCache
+
+
+@pytest.fixture(scope="module")
+def compiler() -> Iterator[ConstraintCompiler]:
+    quiet_llama_logs()
+    llama_cpp.llama_backend_init()
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(default_model_path()).encode(), params)
+    assert model
+    try:
+        yield ConstraintCompiler(llama_cpp.llama_model_get_vocab(model))
+    finally:
+        llama_cpp.llama_model_free(model)
+
+
+def test_the_grammar_cache_is_bounded_by_bytes(compiler: ConstraintCompiler, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert CACHED_GRAMMAR_BYTES <= 64 << 20
+    monkeypatch.setattr(compiler._grammars, "max_bytes", 1 << 20)
+    words = [f"word{i:05d}-" + "x" * 90 for i in range(1000)]  # ~100 kB of schema text each
+    for i in range(24):
+        compiler.matcher(json_schema={"enum": [f"{i}-{w}" for w in words]}, grammar=None)
+        assert compiler._grammars.bytes <= 1 << 20
+    assert 0 < len(compiler._grammars) < 24
+
+
+def test_sized_cache_evicts_least_recently_used_and_keeps_no_oversized_value() -> None:
+    cache: SizedCache[str, str] = SizedCache(max_entries=3, max_bytes=10, size_of=lambda k, v: len(v))
+    for key in "abc":
+        cache.get_or_make(key, lambda: "xxx")
+    cache.get_or_make("a", lambda: "never made")  # a hit: "a" becomes the most recent
+    cache.get_or_make("d", lambda: "yyy")  # 12 bytes > 10: the least recent ("b") goes
+    assert cache.get_or_make("a", lambda: "made again") == "xxx"
+    assert cache.get_or_make("b", lambda: "made again") == "made again"
+    assert cache.get_or_make("big", lambda: "z" * 11) == "z" * 11 and len(cache) <= 3 and cache.bytes <= 10
+    assert cache.get_or_make("big", lambda: "made again") == "made again"  # never kept
+    with pytest.raises(ValueError):
+        cache.get_or_make("bad", lambda: (_ for _ in ()).throw(ValueError("no")))
+    assert cache.get_or_make("bad", lambda: "fine") == "fine"  # errors are not cached
+
+
+@pytest.mark.parametrize("pattern", ["^a{99999999}$", "^b{5}a{99999999}$"])
+def test_a_pattern_that_cannot_run_is_refused_when_prepared(compiler: ConstraintCompiler, pattern: str) -> None:
+    with pytest.raises(InvalidRequest, match=r"json_schema.*too many expressions") as caught:
+        compiler.matcher(json_schema={"type": "string", "pattern": pattern}, grammar=None)
+    assert len(str(caught.value)) < 200 and "\n" not in str(caught.value)
+
+
+def test_a_constraint_failing_mid_generation_is_the_requests_own_short_error(compiler: ConstraintCompiler) -> None:
+    matcher = compiler.matcher(json_schema={"type": "integer"}, grammar=None)
+    assert matcher is not None
+    mask = TokenMask(matcher, n_vocab=49152)
+    letter = compiler._lltokenizer().tokenize_str("x")[0]  # an integer cannot start with it
+    with pytest.raises(ConstraintFailed) as caught:
+        mask.accept(letter)
+    message = str(caught.value)
+    assert message.startswith("the output constraint") and len(message) < 400 and "\n" not in message, message
+
+
+def test_a_schema_that_makes_llguidance_panic_is_a_clear_error(compiler: ConstraintCompiler) -> None:
+    """llguidance formats this `$ref` error by slicing inside a UTF-8 character and panics: pyo3's
+    PanicException passes `except Exception` (the OpenAI fuzz found it as a bare 500)."""
+    keys = {"": -(10**16), "000\u001f\u001f\u0080": None, "00\u001f\u001f\\\u0080\u0080": None}
+    schema = {"type": None, "$ref": {"": None, "00\u001f\r\u0007\u0080\u0080": keys}}
+    with pytest.raises(InvalidRequest, match="llguidance panicked"):
+        compiler.matcher(json_schema=schema, grammar=None)
+    assert compiler.matcher(json_schema={"type": "integer"}, grammar=None) is not None  # and it compiles on
