@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from engine.config import EngineConfig
@@ -19,7 +19,7 @@ from engine.errors import EngineFailure
 from engine.info import Capabilities, ModelInfo
 from engine.llama.adapters.gguf_header import read_gguf_header
 from engine.llama.scheduling.step import StepOutput, StepPlan
-from engine.request import AdapterKey, SamplingParams
+from engine.request import SamplingParams
 
 EOS = 256
 
@@ -118,7 +118,7 @@ class FakeRunner:
         if seq_id is not None:
             self.kv.pop(seq_id, None)
 
-    def execute(self, plan: StepPlan, adapters: Mapping[AdapterKey, list[tuple[Any, float]]]) -> StepOutput:
+    def execute(self, plan: StepPlan) -> StepOutput:
         if self.raise_in_execute and plan.chunks:  # before anything, moves included
             self.raise_in_execute -= 1
             raise RuntimeError("injected bug in a decode step")
@@ -137,9 +137,9 @@ class FakeRunner:
             time.sleep(self.step_seconds)
         mixing = self.info.capabilities.mixed_adapter_sets
         assert mixing or len(plan.adapter_keys) == 1, "without mixing a step serves one set"
-        assert set(adapters) == plan.adapter_keys
+        adapters = {c.seq.adapter_key: c.seq.adapter_handles for c in plan.chunks}  # each set's handles
         if not self.adapter_sets or self.adapter_sets[-1] != adapters:
-            self.adapter_sets.append(dict(adapters))
+            self.adapter_sets.append(adapters)
             output.adapter_switched = True
         if self.fail_decodes:
             self.fail_decodes -= 1

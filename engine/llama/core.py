@@ -1,7 +1,7 @@
 """The engine core: synchronous, no threads. Commands between steps; `step()` runs one decode step.
 
     step() = scheduler.schedule() → runner.execute(plan) → scheduler.update_from_output(plan, output)
-             → events (text deltas, finished and failed requests)
+             = the events the core publishes (text deltas, finished and failed requests)
 
 Unit tests drive it directly; the core's thread (core_thread.py) is a thin shell around it. Admission is
 all-or-nothing: a request is checked (adapters) and given its sampler before it is registered, so a
@@ -37,8 +37,7 @@ from engine.llama.commands import (
 from engine.llama.runner import ModelRunner
 from engine.llama.scheduling.scheduler import Scheduler
 from engine.llama.scheduling.sequence import SeqStatus, Sequence
-from engine.llama.scheduling.step import StepOutput, StepPlan, StepUpdate
-from engine.result import TextDelta
+from engine.llama.scheduling.step import StepOutput, StepPlan
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +54,7 @@ class EngineCore:
         self.config = config
         self.scheduler = Scheduler(
             runner.vocab,
+            runner.info,
             max_sequences=config.max_sequences,
             batch_tokens=config.batch_tokens,
             group_quantum=config.group_steps,
@@ -70,7 +70,6 @@ class EngineCore:
             (
                 "steps",
                 "tokens_generated",
-                "prompt_tokens",
                 "requests_finished",
                 "requests_cancelled",
                 "requests_failed",
@@ -125,6 +124,7 @@ class EngineCore:
         self.adapters.acquire(prepared.adapter_key)  # cannot fail: checked above
         seq = Sequence.from_prepared(prepared)
         seq.adapters_used = self.adapters.fingerprints(prepared.adapter_key)
+        seq.adapter_handles = self.adapters.handles(prepared.adapter_key)  # valid while held
         self._sequences[seq.request_id] = seq
         self.scheduler.add(seq)
 
@@ -150,10 +150,8 @@ class EngineCore:
         plan = self.scheduler.schedule(now)
         if plan is not None:
             try:
-                adapters = {key: self.adapters.handles(key) for key in plan.adapter_keys}
-                output = self.runner.execute(plan, adapters)
-                done_at = self._clock()
-                update = self.scheduler.update_from_output(plan, output, done_at)
+                output = self.runner.execute(plan)
+                events = self.scheduler.update_from_output(plan, output, self._clock())
             except Exception:
                 # A bug, not a bad request (the runner reports those in output.failed): fail this step's
                 # requests, keep serving the others.
@@ -161,7 +159,7 @@ class EngineCore:
                 self._recover(plan)
             else:
                 self._faulty_steps = 0
-                self._record(plan, output, update, done_at)
+                self._publish(plan, output, events)
         self._publish_places()
         return self.take_events()
 
@@ -219,22 +217,22 @@ class EngineCore:
             self._faulty_steps = 0
             self._llama_counts["context_rebuilds"] += 1
 
-    def _record(self, plan: StepPlan, output: StepOutput, update: StepUpdate, done_at: float) -> None:
-        counts = self._counts
+    def _publish(self, plan: StepPlan, output: StepOutput, events: list[Event]) -> None:
+        """Count the step, and publish its events; a request that ended first frees what it holds."""
         self._llama_counts["sequence_moves"] += len(plan.moves)
         if not plan.chunks:
             return
+        counts = self._counts
         counts["steps"] += 1
         self._llama_counts["adapter_set_switches"] += output.adapter_switched
         counts["tokens_generated"] += len(output.sampled)
-        counts["prompt_tokens"] += update.prompt_tokens
         self._histogram[len(plan.chunks)] += 1
-        for seq, text in update.deltas:
-            self._events.append(RequestOutput(seq.request_id, TextDelta(text, len(seq.completion_tokens), done_at)))
-        for seq in update.finished:
-            self._end(seq, RequestFinished(seq.request_id, seq.result(self.runner.info)), "requests_finished")
-        for seq, error in update.failed:
-            self._end(seq, RequestFailed(seq.request_id, error), "requests_failed")
+        for event in events:
+            if isinstance(event, RequestOutput):
+                self._events.append(event)
+            else:
+                ended = "requests_finished" if isinstance(event, RequestFinished) else "requests_failed"
+                self._end(self._sequences[event.request_id], event, ended)
 
     def _expire(self, now: float) -> None:
         for seq in [s for s in self._sequences.values() if now > s.deadline]:
@@ -285,6 +283,7 @@ class EngineCore:
             prefix_hits=self.scheduler.prefix_cache.hits,
             prefix_misses=self.scheduler.prefix_cache.misses,
             prefix_tokens_saved=self.scheduler.prefix_cache.tokens_saved,
+            prompt_tokens=self.scheduler.prompt_tokens_read,
             adapters_loaded=len(self.adapters.names()),
             sequences_per_step={n: c for n, c in enumerate(self._histogram) if c},
             backend=(

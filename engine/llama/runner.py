@@ -6,14 +6,14 @@ ever called from the core, on one thread.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from engine.info import ModelInfo
 from engine.llama.adapters.files import AdapterFileBytes
 from engine.llama.scheduling.step import StepOutput, StepPlan
 from engine.llama.vocab import Vocab
-from engine.request import AdapterKey, SamplingParams
+from engine.request import SamplingParams
 
 
 class ModelRunner(Protocol):
@@ -32,9 +32,9 @@ class ModelRunner(Protocol):
         """Free the request's sampler (if `request_id`) and the slot's context cells (if `seq_id`)."""
         ...
 
-    def execute(self, plan: StepPlan, adapters: Mapping[AdapterKey, list[tuple[Any, float]]]) -> StepOutput:
-        """Apply the plan's moves, set each chunk's adapters (`adapters`: (handle, scale) pairs of every
-        set in the plan), decode, and sample every chunk that samples."""
+    def execute(self, plan: StepPlan) -> StepOutput:
+        """Apply the plan's moves, set each chunk's adapters (its sequence's (handle, scale) pairs),
+        decode, and sample every chunk that samples."""
         ...
 
     def rebuild_context(self) -> None:

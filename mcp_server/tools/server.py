@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from importlib.metadata import version
@@ -9,10 +10,10 @@ from typing import Any
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import CallToolResult
+from mcp.types import CallToolResult, Tool
 from pydantic import ValidationError
 
-from engine import InferenceEngine
+from engine import Capabilities, InferenceEngine
 from engine.errors import bounded
 from mcp_server.arguments import describe, unknown_arguments
 from mcp_server.disconnects import abandon_when_gone
@@ -30,9 +31,19 @@ class LoramuxServer(MCPServer):
     """MCPServer whose tools refuse unknown argument names, explain invalid ones in plain sentences, and
     stop working for an HTTP caller that disconnected."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, engine: InferenceEngine, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._engine = engine
         self._argument_names: dict[str, list[str]] = {}  # tool → its arguments, from the published schema
+
+    async def list_tools(self) -> list[Tool]:
+        """The tools, their schemas fitted to what the engine can do once it is ready (its Capabilities):
+        how many adapters a call may mix, and whether output can be constrained."""
+        tools = await super().list_tools()
+        info = self._engine.model_info
+        if info is None:
+            return tools
+        return [fitted(tool, info.capabilities) if tool.name == "llm_inference" else tool for tool in tools]
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context | None = None
@@ -63,11 +74,29 @@ class LoramuxServer(MCPServer):
         await lowlevel.run(read, write, lowlevel.create_initialization_options())
 
 
+def fitted(tool: Tool, capabilities: Capabilities) -> Tool:
+    """llm_inference's input schema as this engine serves it."""
+    schema = copy.deepcopy(tool.input_schema)
+    properties = schema.get("properties", {})
+    for option in properties.get("adapters", {}).get("anyOf", []):
+        if option.get("type") == "array":
+            option["maxItems"] = capabilities.max_adapters_per_request if capabilities.adapters else 0
+    unavailable = [] if capabilities.adapters else ["adapters", "adapter"]
+    unavailable += [] if capabilities.constrained_output else ["json_schema", "grammar"]
+    for name in unavailable:
+        if name in properties:
+            properties[name]["description"] = "Not available on this server's engine. " + properties[name].get(
+                "description", ""
+            )
+    return tool.model_copy(update={"input_schema": schema})
+
+
 def build_server(engine: InferenceEngine, *, own_engine: bool = False, metrics: Metrics | None = None) -> MCPServer:
     """The MCP server over `engine`. With own_engine, the server's lifespan starts and stops the engine
     (stdio); otherwise the hosting app does (HTTP, where one engine outlives session managers). Calls are
     counted in `metrics` (the HTTP app's, published at /metrics; on stdio nobody reads them)."""
     mcp = LoramuxServer(
+        engine=engine,
         name="loramux",
         title="loramux local LLM",
         version=version("loramux"),

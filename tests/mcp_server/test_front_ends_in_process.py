@@ -151,3 +151,13 @@ async def test_capabilities_reach_health(http: httpx2.AsyncClient, engine: FakeE
         health["status"] == "ready"
         and health["capabilities"] == Capabilities(max_adapters_per_request=2, constrained_output=False).model_dump()
     )
+
+
+async def test_tool_schemas_fit_the_engines_capabilities(mcp: Client) -> None:
+    """The fake engine mixes at most 2 adapters and cannot constrain output: llm_inference says so."""
+    tools = {tool.name: tool for tool in (await mcp.list_tools()).tools}
+    properties = tools["llm_inference"].input_schema["properties"]
+    arrays = [o for o in properties["adapters"]["anyOf"] if o.get("type") == "array"]
+    assert arrays and arrays[0]["maxItems"] == 2
+    assert properties["json_schema"]["description"].startswith("Not available on this server's engine.")
+    assert not properties["prompt"]["description"].startswith("Not available")

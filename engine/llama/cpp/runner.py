@@ -11,7 +11,7 @@ import ctypes.util
 import hashlib
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -157,7 +157,7 @@ class LlamaRunner:
 
     # -- one step ---------------------------------------------------------------------------------------
 
-    def execute(self, plan: StepPlan, adapters: Mapping[AdapterKey, list[tuple[Any, float]]]) -> StepOutput:
+    def execute(self, plan: StepPlan) -> StepOutput:
         # Slots taken by admission first, then moves, always: the scheduler has already decided them.
         for reuse in plan.reuses:
             if reuse.source is not None:  # a cached prefix in another slot: copy it over
@@ -172,9 +172,7 @@ class LlamaRunner:
             return output
         try:
             self._follow_cpu_share()
-            output.adapter_switched = self._adapters.apply(
-                {c.seq.seq_id: pairs for c in plan.chunks if (pairs := adapters[c.seq.adapter_key])}
-            )
+            output.adapter_switched = self._adapters.apply(plan.adapter_handles)
             to_sample = self._batch.fill(plan)
             rc = llama_cpp.llama_decode(self.ctx, self._batch.batch)
             if rc != 0:

@@ -7,8 +7,9 @@ prompt-token budget (long prompts are prefilled in chunks over several steps, so
 generating). A request arriving while others generate is admitted at the next step: there is no
 draining and no time window.
 
-`update_from_output()` applies the runner's StepOutput: prefill progress, accepted tokens (and the text
-they make), finishes, and the slots they free.
+`update_from_output()` applies the runner's StepOutput (prefill progress, accepted tokens and the text
+they make, finishes, the slots they free) and returns what the core publishes: a RequestOutput per new
+text, a RequestFinished or RequestFailed per request that ended.
 """
 
 from __future__ import annotations
@@ -16,17 +17,21 @@ from __future__ import annotations
 import heapq
 from collections import deque
 
+from engine.info import ModelInfo
+from engine.llama.commands import Event, RequestFailed, RequestFinished, RequestOutput
 from engine.llama.scheduling.prefix_cache import PrefixCache, Reuse
 from engine.llama.scheduling.sequence import SeqStatus, Sequence
-from engine.llama.scheduling.step import Chunk, StepOutput, StepPlan, StepUpdate
+from engine.llama.scheduling.step import Chunk, StepOutput, StepPlan
 from engine.llama.vocab import Vocab
 from engine.request import AdapterKey
+from engine.result import TextDelta
 
 
 class Scheduler:
     def __init__(
         self,
         vocab: Vocab,
+        model: ModelInfo,
         *,
         max_sequences: int,
         batch_tokens: int,
@@ -35,6 +40,8 @@ class Scheduler:
         mixed_adapters: bool = False,
     ) -> None:
         self._vocab = vocab
+        self._model = model  # what results' receipts name
+        self.prompt_tokens_read = 0  # prompt tokens added to the context, over all steps
         self.prefix_cache = PrefixCache(prefix_cache_cells)
         self.max_sequences = max_sequences
         self.batch_tokens = batch_tokens
@@ -87,24 +94,27 @@ class Scheduler:
         chunks.sort(key=lambda c: c.seq.seq_id)
         return StepPlan(chunks, moves, reuses)
 
-    def update_from_output(self, plan: StepPlan, output: StepOutput, now: float) -> StepUpdate:
-        update = StepUpdate(failed=output.failed)
+    def update_from_output(self, plan: StepPlan, output: StepOutput, now: float) -> list[Event]:
+        """Apply the step's output; return the events the core publishes, in order (a request's text
+        before its end). Ended requests have left the scheduler; the core frees what they hold."""
+        events: list[Event] = []
         failed = {seq.request_id for seq, _ in output.failed}
         for chunk in plan.chunks:
             seq = chunk.seq
             if seq.request_id not in failed and seq.is_prefilling:
                 seq.num_prefilled += len(chunk.tokens)
-                update.prompt_tokens += len(chunk.tokens)
+                self.prompt_tokens_read += len(chunk.tokens)
         for seq, token in output.sampled:
             text = seq.accept(token, self._vocab, now)
             if text:
-                update.deltas.append((seq, text))
+                events.append(RequestOutput(seq.request_id, TextDelta(text, len(seq.completion_tokens), now)))
             if seq.is_finished:
-                update.finished.append(seq)
                 self.remove(seq)
-        for seq, _ in output.failed:
+                events.append(RequestFinished(seq.request_id, seq.result(self._model)))
+        for seq, error in output.failed:
             self.remove(seq)
-        return update
+            events.append(RequestFailed(seq.request_id, error))
+        return events
 
     # -- admission and sequence ids ---------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 from engine.info import ModelInfo
 from engine.llama.scheduling.prepared import PreparedRequest
@@ -31,6 +32,9 @@ class Sequence:
     deadline: float
 
     adapters_used: tuple[tuple[str, str, float], ...] = ()  # (name, sha256, scale), fixed at admission
+    # the adapter set as the runner applies it, (handle, scale) pairs, fixed at admission: held adapters
+    # cannot be unloaded, so the handles stay valid while the sequence lives
+    adapter_handles: list[tuple[Any, float]] = field(default_factory=list)
     status: SeqStatus = SeqStatus.WAITING
     seq_id: int = -1
     num_prefilled: int = 0

@@ -1,8 +1,11 @@
-"""One decode step as data: the scheduler's plan going in, the runner's output coming back."""
+"""One decode step as data: the scheduler's plan going in (each chunk's sequence carries its adapter
+handles), the runner's output coming back; the scheduler turns that output into the events the core
+publishes."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from engine.errors import EngineError
 from engine.llama.scheduling.prefix_cache import Reuse
@@ -39,19 +42,14 @@ class StepPlan:
     def adapter_keys(self) -> set[AdapterKey]:
         return {c.seq.adapter_key for c in self.chunks}
 
+    @property
+    def adapter_handles(self) -> dict[int, list[tuple[Any, float]]]:
+        """seq id → its adapter set as (handle, scale) pairs, for the sequences with adapters."""
+        return {c.seq.seq_id: c.seq.adapter_handles for c in self.chunks if c.seq.adapter_handles}
+
 
 @dataclass(slots=True)
 class StepOutput:
     sampled: list[tuple[Sequence, int]] = field(default_factory=list)  # (sequence, sampled token)
     failed: list[tuple[Sequence, EngineError]] = field(default_factory=list)  # each with its own error
     adapter_switched: bool = False  # the step changed the adapter set (a cost worth counting)
-
-
-@dataclass(slots=True)
-class StepUpdate:
-    """What a step changed, as the scheduler saw it: text to emit, requests that ended."""
-
-    prompt_tokens: int = 0  # prompt tokens this step added to the context
-    deltas: list[tuple[Sequence, str]] = field(default_factory=list)
-    finished: list[Sequence] = field(default_factory=list)
-    failed: list[tuple[Sequence, EngineError]] = field(default_factory=list)

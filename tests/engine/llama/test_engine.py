@@ -293,11 +293,11 @@ async def test_a_step_that_raises_fails_its_own_requests_and_repeated_faults_reb
     execute = LlamaRunner.execute
     armed = {"faults": 0}
 
-    def execute_with_fault(self: LlamaRunner, plan: StepPlan, adapters: dict) -> StepOutput:
+    def execute_with_fault(self: LlamaRunner, plan: StepPlan) -> StepOutput:
         if armed["faults"] and any(c.seq.sampling.seed == 13 for c in plan.chunks):
             armed["faults"] -= 1
             raise RuntimeError("injected bug in a decode step")
-        return execute(self, plan, adapters)
+        return execute(self, plan)
 
     monkeypatch.setattr(LlamaRunner, "execute", execute_with_fault)
     sampling = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)

@@ -59,7 +59,7 @@ def next_chunks(seqs: list[Sequence]) -> list[Chunk]:
 
 def decode(runner: LlamaRunner, seqs: list[Sequence], moves: list[tuple[int, int]] | None = None) -> list[int]:
     """One step of next_chunks; returns the sampled tokens."""
-    output = runner.execute(StepPlan(next_chunks(seqs), moves or []), {(): []})
+    output = runner.execute(StepPlan(next_chunks(seqs), moves or []))
     assert not output.failed
     for seq, token in output.sampled:
         seq.completion_tokens.append(token)
@@ -81,7 +81,7 @@ def test_moves_apply_on_a_step_without_chunks_and_on_a_failed_decode(
         decode(runner, [reference, moved])
 
     # a plan with a move and no chunks: the move must still happen
-    runner.execute(StepPlan([], [(2, 1)]), {})
+    runner.execute(StepPlan([], [(2, 1)]))
     moved.seq_id = 1
     assert positions(runner)[1:3] == [len(tokens) + 2, -1]
 
@@ -89,7 +89,7 @@ def test_moves_apply_on_a_step_without_chunks_and_on_a_failed_decode(
     real_decode = llama_cpp.llama_decode
     monkeypatch.setattr(llama_cpp, "llama_decode", lambda ctx, batch: 1)
     chunk = Chunk(reference, [reference.completion_tokens[-1]], reference.next_decode_position, True)
-    output = runner.execute(StepPlan([chunk], [(1, 3)]), {(): []})
+    output = runner.execute(StepPlan([chunk], [(1, 3)]))
     monkeypatch.setattr(llama_cpp, "llama_decode", real_decode)
     assert [seq for seq, _ in output.failed] == [reference] and not output.sampled
     moved.seq_id = 3
@@ -144,13 +144,14 @@ def test_a_mixed_adapter_step_gives_each_sequence_bitwise_its_solo_logits(
         seqs = []
         for slot in slots:
             seq = Sequence(50 + slot, prompt, GREEDY, keys[slot], 32, 0.0, 1e9, status=SeqStatus.RUNNING, seq_id=slot)
+            seq.adapter_handles = demo_adapters(seq.adapter_key)
             runner.add_sequence(seq.request_id, GREEDY)
             seqs.append(seq)
         seen: dict[int, list[np.ndarray]] = {slot: [] for slot in slots}
         try:
             for _ in range(2):
                 plan = StepPlan(next_chunks(seqs))
-                output = runner.execute(plan, {k: demo_adapters(k) for k in plan.adapter_keys})
+                output = runner.execute(plan)
                 assert not output.failed
                 for seq, row in runner._batch.fill(plan):
                     pointer = llama_cpp.llama_get_logits_ith(runner.ctx, row)
@@ -242,11 +243,12 @@ def test_the_compute_buffer_reserved_for_an_adapter_list_does_not_depend_on_the_
         seqs = [Sequence(70 + i, prompt, GREEDY, key, 32, 0.0, 1e9, status=SeqStatus.RUNNING, seq_id=i)
                 for i, key in enumerate(keys)]  # fmt: skip
         for seq in seqs:
+            seq.adapter_handles = demo_adapters(seq.adapter_key)
             runner.add_sequence(seq.request_id, GREEDY)
         lines.clear()
         try:
             plan = StepPlan(next_chunks(seqs))
-            assert not runner.execute(plan, {k: demo_adapters(k) for k in plan.adapter_keys}).failed
+            assert not runner.execute(plan).failed
         finally:
             for seq in seqs:
                 runner.remove_sequence(seq.request_id, seq.seq_id)
@@ -359,7 +361,7 @@ def test_penalties_give_llama_cpps_logits_and_tokens(runner: LlamaRunner, params
     try:
         for _ in range(48):
             chunks = next_chunks([seq])
-            output = runner.execute(StepPlan(chunks), {(): []})
+            output = runner.execute(StepPlan(chunks))
             [(_, row)] = runner._batch.fill(StepPlan(chunks))
             logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(runner.ctx, row), shape=(n_vocab,))
             expected_logits = penalised_by_llama_cpp(logits.copy(), penalties)
@@ -389,7 +391,7 @@ def test_the_greedy_argmax_picks_what_llama_cpps_greedy_sampler_picks(runner: Ll
         assert all(runner._samplers[s.request_id].argmax for s in seqs)
         for _ in range(12):
             chunks = next_chunks(seqs)
-            output = runner.execute(StepPlan(chunks), {(): []})
+            output = runner.execute(StepPlan(chunks))
             rows = {seq.request_id: row for seq, row in runner._batch.fill(StepPlan(chunks))}
             for (seq, token), chain in zip(output.sampled, chains, strict=True):
                 assert token == llama_cpp.llama_sampler_sample(chain, runner.ctx, rows[seq.request_id])

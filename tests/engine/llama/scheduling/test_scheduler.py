@@ -8,6 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.errors import EngineFailure
+from engine.info import ModelInfo
+from engine.llama.commands import Event, RequestFailed, RequestFinished, RequestOutput
 from engine.llama.scheduling.scheduler import Scheduler
 from engine.llama.scheduling.sequence import Sequence
 from engine.llama.scheduling.step import StepOutput, StepPlan
@@ -30,11 +32,30 @@ def make_seq(rid: int, n_prompt: int = 4, key: tuple = (), max_new_tokens: int =
 def scheduler(max_sequences: int, batch_tokens: int = 64, group_quantum: int = 8, mixed: bool = False) -> Scheduler:
     return Scheduler(
         FakeVocab(),
+        MODEL,
         max_sequences=max_sequences,
         batch_tokens=batch_tokens,
         group_quantum=group_quantum,
         mixed_adapters=mixed,
     )
+
+
+MODEL = ModelInfo(
+    name="fake.gguf", description="fake", architecture="fake", parameters=0, size_bytes=0,
+    context_per_request=4096, max_running_requests=8,
+)  # fmt: skip
+
+
+def texts(events: list[Event]) -> list[tuple[int, str]]:
+    return [(e.request_id, e.delta.text) for e in events if isinstance(e, RequestOutput)]
+
+
+def finished(events: list[Event]) -> list[int]:
+    return [e.request_id for e in events if isinstance(e, RequestFinished)]
+
+
+def failed(events: list[Event]) -> list[tuple[int, object]]:
+    return [(e.request_id, e.error) for e in events if isinstance(e, RequestFailed)]
 
 
 def sample_all(plan: StepPlan, token: int = ord("x")) -> StepOutput:
@@ -67,8 +88,9 @@ def test_long_prompts_are_chunked_by_the_token_budget() -> None:
         assert plan is not None
         (chunk,) = plan.chunks
         sizes.append((len(chunk.tokens), chunk.start_pos, chunk.samples))
-        update = s.update_from_output(plan, sample_all(plan), 0.0)
-        assert update.prompt_tokens == len(chunk.tokens)
+        read = s.prompt_tokens_read
+        s.update_from_output(plan, sample_all(plan), 0.0)
+        assert s.prompt_tokens_read - read == len(chunk.tokens)
     assert a.num_prefilled == 40 and a.completion_tokens == [ord("x")]
     assert sizes == [(16, 0, False), (16, 16, False), (8, 32, True)]
 
@@ -256,9 +278,10 @@ def test_a_finished_sequence_frees_its_slot_in_update_from_output() -> None:
     s.add(b)
     plan = s.schedule(0.0)
     assert plan is not None
-    update = s.update_from_output(plan, sample_all(plan), 1.0)
-    assert update.finished == [a] and a.finish_reason == "length" and a.finished_at == 1.0
-    assert [(q, text) for q, text in update.deltas] == [(a, "x"), (b, "x")]
+    events = s.update_from_output(plan, sample_all(plan), 1.0)
+    assert finished(events) == [a.request_id] and a.finish_reason == "length" and a.finished_at == 1.0
+    assert texts(events) == [(a.request_id, "x"), (b.request_id, "x")]
+    assert events.index(next(e for e in events if isinstance(e, RequestFinished))) == 1  # after a's text
     assert list(s.running) == [1] and s._free_seq_ids == [0]
 
 
@@ -269,9 +292,9 @@ def test_a_failed_chunk_makes_no_progress_and_frees_its_slot() -> None:
     plan = s.schedule(0.0)
     assert plan is not None
     error = EngineFailure("boom")
-    update = s.update_from_output(plan, StepOutput(failed=[(a, error)]), 0.0)
-    assert a.num_prefilled == 0 and update.prompt_tokens == 0
-    assert update.failed == [(a, error)] and not s.running and not s.has_work
+    events = s.update_from_output(plan, StepOutput(failed=[(a, error)]), 0.0)
+    assert a.num_prefilled == 0 and s.prompt_tokens_read == 0
+    assert failed(events) == [(a.request_id, error)] and not s.running and not s.has_work
 
 
 def test_eos_finishes_with_stop() -> None:
@@ -280,8 +303,8 @@ def test_eos_finishes_with_stop() -> None:
     s.add(a)
     plan = s.schedule(0.0)
     assert plan is not None
-    update = s.update_from_output(plan, sample_all(plan, EOS), 0.0)
-    assert update.finished == [a] and a.finish_reason == "stop" and update.deltas == []
+    events = s.update_from_output(plan, sample_all(plan, EOS), 0.0)
+    assert finished(events) == [a.request_id] and a.finish_reason == "stop" and texts(events) == []
 
 
 def test_random_traffic_keeps_invariants() -> None:
