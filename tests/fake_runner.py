@@ -18,6 +18,7 @@ from engine.default_model import default_model_path
 from engine.errors import EngineFailure
 from engine.info import Capabilities, ModelInfo
 from engine.llama.adapters.gguf_header import read_gguf_header
+from engine.llama.adapters.validation import AdapterFileError
 from engine.llama.scheduling.step import StepOutput, StepPlan
 from engine.request import SamplingParams
 
@@ -98,6 +99,8 @@ class FakeRunner:
         self.fail_decodes = 0
         self.raise_in_execute = 0  # the next N executes raise (a bug, not a reported failure)
         self.rebuilds = 0
+        self.refuse_adapters = False  # load_adapter fails as llama.cpp's does for a file it refuses
+        self.live_adapters = 0  # loaded and not freed
         self.failing_sampler: Callable[[SamplingParams], bool] = lambda _: False
         self.failing_sampler_at_start: Callable[[SamplingParams], bool] = lambda _: False
         self._sampling: dict[int, SamplingParams] = {}
@@ -162,10 +165,13 @@ class FakeRunner:
         self.rebuilds += 1
 
     def load_adapter(self, opened: object) -> object:
+        if self.refuse_adapters:
+            raise AdapterFileError("llama.cpp refused the adapter (injected)")
+        self.live_adapters += 1
         return object()
 
     def free_adapter(self, handle: object) -> None:
-        pass
+        self.live_adapters -= 1
 
     def kv_cells_used(self, seq_ids: Iterable[int] | None = None) -> int:
         wanted = self.kv if seq_ids is None else set(seq_ids)

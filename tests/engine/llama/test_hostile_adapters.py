@@ -27,6 +27,7 @@ from engine import (
 from engine.llama import LlamaEngine
 from engine.llama.adapters.validation import AdapterFileError, validate_adapter
 from tests.adapter_factory import base_shapes, write_lora
+from tests.fake_runner import FakeRunner
 from tests.hostile_inputs import loud_adapter, with_alpha_bytes, write_with_value
 
 pytestmark = pytest.mark.anyio
@@ -140,3 +141,23 @@ async def test_a_numerically_broken_adapter_fails_only_its_own_requests(tmp_path
             assert "loud x4" in str(error) and "NaN or infinite" in str(error)
         assert results[loud_requests:] == solo
         assert engine.stats().running == 0
+
+
+async def test_a_load_llama_cpp_refuses_leaves_nothing_loaded() -> None:
+    """The last failure path of a load: the bytes pass validation and llama.cpp refuses them (here the
+    fake runner does, as llama.cpp returns NULL)."""
+    made: list[FakeRunner] = []
+
+    def runner(config: EngineConfig) -> FakeRunner:
+        made.append(FakeRunner(config, like_default_model=True))
+        return made[-1]
+
+    async with LlamaEngine(EngineConfig(), runner_factory=runner) as engine:  # type: ignore[arg-type]
+        made[0].refuse_adapters = True
+        with pytest.raises(InvalidRequest, match="refused"):
+            await engine.load_adapter("caps", "caps.gguf")
+        assert (await engine.list_adapters()).adapters == [] and made[0].live_adapters == 0
+        made[0].refuse_adapters = False
+        await engine.load_adapter("caps", "caps.gguf")
+        await engine.unload_adapter("caps")
+        assert made[0].live_adapters == 0
