@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from engine import EngineState, InferenceEngine
 from mcp_server.disconnects import DisconnectWatch
 from mcp_server.http_security import guarded, transport_security
-from mcp_server.metrics import ADAPTER_SET_LABEL_CAP, Metrics
+from mcp_server.metrics import ADAPTER_SET_LABEL_CAP, Metrics, refusal_outcome
 from mcp_server.openai_api import openai_routes
 from mcp_server.openai_api.error_bodies import OpenAIErrorBodies
 from mcp_server.tools.server import build_server
@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 MCP_PATH = "/mcp"
 METRICS_PATH = "/metrics"
+GENERATION_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
 
 
 def build_http_app(
@@ -103,7 +104,13 @@ def build_http_app(
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app = DisconnectWatch(RefuseNewSessions(app, engine), MCP_PATH)
-    return OpenAIErrorBodies(guarded(app, bind_host=host, allowed_hosts=allowed_hosts, token=auth_token))
+
+    def refused_by_framework(path: str, status: int) -> None:
+        if path in GENERATION_PATHS:  # a generation request refused before its route (body limit, token, …)
+            metrics.refused("openai", path, refusal_outcome(status))
+
+    guarded_app = guarded(app, bind_host=host, allowed_hosts=allowed_hosts, token=auth_token)
+    return OpenAIErrorBodies(guarded_app, on_rewrite=refused_by_framework)
 
 
 class RefuseNewSessions:

@@ -4,7 +4,8 @@ the OpenAI routes), engine-wide ones read from `engine.stats()` at scrape time.
 Request metrics carry an `adapter_set` label. Adapter names come from agents (load_adapter takes any
 name), so the label's values are capped: the first ADAPTER_SET_LABEL_CAP distinct sets get their own
 value, every later one shares "other". "base" is the model without adapters; one adapter at scale 1 is
-its name; otherwise "name@scale+name@scale", sorted.
+its name; otherwise "name@scale+name@scale", sorted; "none" for a request refused before it was read.
+Every generation request is counted in `loramux_requests`, those refused before the engine too.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ disable_created_metrics()
 
 ADAPTER_SET_LABEL_CAP = 32
 OVERFLOW_LABEL = "other"
+REFUSED_LABEL = "none"  # the adapter set of a request refused before it was read
 
 # Seconds; a 135M model on 2 cores and a 7B on a GPU both land inside these.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640)
@@ -119,6 +121,11 @@ class Metrics:
             "loramux_busy_rejections", "Requests refused because the queue was full.", ["interface"], registry=r
         )
         r.register(EngineCollector(engine))
+
+    def refused(self, interface: Interface, endpoint: str, outcome: str) -> None:
+        """Count a generation request refused before it reached the engine (an invalid field, an unknown
+        model, a body too large, a missing token): its adapter set is not known, so it is "none"."""
+        self.requests.labels(interface, endpoint, outcome, REFUSED_LABEL).inc()
 
     def generate(
         self, engine: InferenceEngine, request: GenerateRequest, interface: Interface, endpoint: str
@@ -213,6 +220,17 @@ class Metered:
         self._m.requests.labels(self._interface, self._endpoint, outcome, self._adapter_set).inc()
         if outcome == "busy":
             self._m.busy.labels(self._interface).inc()
+
+
+def refusal_outcome(status: int) -> str:
+    """The `outcome` label of a request refused with this HTTP status before the engine saw it."""
+    if status in (401, 403, 421):
+        return "unauthorized"
+    if status == 429:
+        return "busy"
+    if status in (503, 504):
+        return "error"
+    return "invalid"
 
 
 def _outcome(exc: BaseException) -> str:

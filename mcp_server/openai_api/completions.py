@@ -35,7 +35,7 @@ from engine import (
     UnknownAdapter,
 )
 from mcp_server.keep_alive import keep_alive
-from mcp_server.metrics import Metered, Metrics
+from mcp_server.metrics import Metered, Metrics, refusal_outcome
 from mcp_server.openai_api.errors import OpenAIError, from_engine, invalid, model_not_found, read_json
 from mcp_server.openai_api.schemas import ChatCompletionRequest, CompletionRequest, Message
 
@@ -60,12 +60,16 @@ class Completions:
         self, request: Request, model: type[CompletionRequest | ChatCompletionRequest], fmt: _Format
     ) -> Response:
         try:
-            body = await read_json(request)
             try:
-                req = model.model_validate(body)
-            except ValidationError as exc:
-                raise invalid(exc) from None
-            engine_request = await self._engine_request(req)
+                body = await read_json(request)
+                try:
+                    req = model.model_validate(body)
+                except ValidationError as exc:
+                    raise invalid(exc) from None
+                engine_request = await self._engine_request(req)
+            except OpenAIError as exc:  # refused before the engine: counted here (the engine's are below)
+                self._metrics.refused("openai", request.url.path, refusal_outcome(exc.status))
+                raise
             stream = self._metrics.generate(self._engine, engine_request, "openai", request.url.path)
             try:
                 await stream.__aenter__()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from asyncio import CancelledError
+from collections.abc import Callable
 from typing import Any
 
 from starlette.datastructures import Headers, MutableHeaders
@@ -71,8 +72,9 @@ def _message(status: int, scope: Scope, headers: Headers, body: bytes) -> str:
 class OpenAIErrorBodies:
     """ASGI middleware: /v1 answers of status ≥ 400 leave as OpenAI error objects."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, on_rewrite: Callable[[str, int], None] | None = None) -> None:
         self.app = app
+        self._on_rewrite = on_rewrite  # (path, status) of each answer rewritten: the framework refused it
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
@@ -119,9 +121,10 @@ class OpenAIErrorBodies:
             start = {"type": "http.response.start", "status": 500, "headers": []}
             await self._rewrite(scope, start, b"", send)
 
-    @staticmethod
-    async def _rewrite(scope: Scope, start: Message, body: bytes, send: Send) -> None:
+    async def _rewrite(self, scope: Scope, start: Message, body: bytes, send: Send) -> None:
         status = start["status"]
+        if self._on_rewrite is not None:
+            self._on_rewrite(scope.get("path", ""), status)
         headers = Headers(raw=start["headers"])
         fallback = ("server_error", "server_error") if status >= 500 else ("invalid_request_error", "error")
         kind, code = _KINDS.get(status, fallback)

@@ -92,13 +92,23 @@ TOOL_PARAMETERS: dict[str, tuple[Any, Any]] = {
 }
 
 
+TOOL_NAME = "llm_inference"
+
+
+class RefusedCall(ToolError):
+    """A call refused before it reached the engine (the server counts it in loramux_requests)."""
+
+
 def register(mcp: MCPServer, engine: InferenceEngine, metrics: Metrics) -> None:
     async def llm_inference(ctx: Context, **arguments: Any) -> InferenceResult:
-        request = _request_from(arguments)
+        try:
+            request = _request_from(arguments)
+        except ToolError as exc:
+            raise RefusedCall(str(exc)) from exc.__cause__
         if (info := engine.model_info) is not None and (problem := info.capabilities.problem_with(request)):
-            raise ToolError(problem)
+            raise RefusedCall(problem)
         progress = _Progress(ctx, request.sampling.max_tokens)
-        stream = metrics.generate(engine, request, "mcp", "llm_inference")
+        stream = metrics.generate(engine, request, "mcp", TOOL_NAME)
         error: EngineError | None = None
         try:
             async with anyio.create_task_group() as tg:

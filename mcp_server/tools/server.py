@@ -19,6 +19,7 @@ from mcp_server.arguments import describe, unknown_arguments
 from mcp_server.disconnects import abandon_when_gone
 from mcp_server.metrics import Metrics
 from mcp_server.tools import adapters, inference
+from mcp_server.tools.inference import RefusedCall
 
 INSTRUCTIONS = """\
 loramux serves a small local language model. Call llm_inference with a `prompt` (one user turn) or
@@ -31,9 +32,10 @@ class LoramuxServer(MCPServer):
     """MCPServer whose tools refuse unknown argument names, explain invalid ones in plain sentences, and
     stop working for an HTTP caller that disconnected."""
 
-    def __init__(self, *args: Any, engine: InferenceEngine, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, engine: InferenceEngine, metrics: Metrics, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._engine = engine
+        self._metrics = metrics
         self._argument_names: dict[str, list[str]] = {}  # tool → its arguments, from the published schema
 
     async def list_tools(self) -> list[Tool]:
@@ -52,14 +54,22 @@ class LoramuxServer(MCPServer):
             self._argument_names = {t.name: list(t.input_schema.get("properties", {})) for t in await self.list_tools()}
         valid = self._argument_names.get(name)
         if valid is not None and (problem := unknown_arguments(arguments, valid)):
+            self._refused(name)
             raise ToolError(problem)
         try:
             async with abandon_when_gone(context):  # every tool: a caller that went away stops its work
                 return await super().call_tool(name, arguments, context)
         except ToolError as exc:
+            # refused before the engine: by the tool itself, or by the SDK's argument validation
+            if isinstance(exc, RefusedCall) or isinstance(exc.__cause__, RefusedCall | ValidationError):
+                self._refused(name)
             if isinstance(exc.__cause__, ValidationError):
                 raise ToolError(describe(exc.__cause__)) from exc.__cause__
             raise ToolError(bounded(str(exc))) from exc.__cause__  # whatever input a message quotes
+
+    def _refused(self, tool: str) -> None:
+        if tool == inference.TOOL_NAME:  # generation calls are what loramux_requests counts
+            self._metrics.refused("mcp", tool, "invalid")
 
     def drop_prompts(self) -> None:
         """Serve (and so advertise) no prompts capability: MCPServer registers prompts/list and
@@ -95,8 +105,10 @@ def build_server(engine: InferenceEngine, *, own_engine: bool = False, metrics: 
     """The MCP server over `engine`. With own_engine, the server's lifespan starts and stops the engine
     (stdio); otherwise the hosting app does (HTTP, where one engine outlives session managers). Calls are
     counted in `metrics` (the HTTP app's, published at /metrics; on stdio nobody reads them)."""
+    metrics = metrics or Metrics(engine)
     mcp = LoramuxServer(
         engine=engine,
+        metrics=metrics,
         name="loramux",
         title="loramux local LLM",
         version=version("loramux"),
@@ -104,7 +116,7 @@ def build_server(engine: InferenceEngine, *, own_engine: bool = False, metrics: 
         lifespan=(lambda _server: engine) if own_engine else None,
     )
     mcp.drop_prompts()
-    inference.register(mcp, engine, metrics or Metrics(engine))
+    inference.register(mcp, engine, metrics)
     adapters.register(mcp, engine)
 
     @mcp.resource(

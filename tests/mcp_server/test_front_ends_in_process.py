@@ -12,9 +12,12 @@ from typing import Any
 import httpx2
 import pytest
 from mcp import Client
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from engine import AdapterRef, Capabilities, InvalidRequest
 from mcp_server.http_app import build_http_app
+from mcp_server.metrics import Metrics
 from mcp_server.tools.server import build_server
 from tests.fake_engine import MODEL, FakeEngine
 
@@ -161,3 +164,54 @@ async def test_tool_schemas_fit_the_engines_capabilities(mcp: Client) -> None:
     assert arrays and arrays[0]["maxItems"] == 2
     assert properties["json_schema"]["description"].startswith("Not available on this server's engine.")
     assert not properties["prompt"]["description"].startswith("Not available")
+
+
+# -- every request counted, those refused before the engine too ----------------------------------------------
+
+
+def refused(text: str, interface: str, endpoint: str, outcome: str) -> float:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name == "loramux_requests_total" and labels == {
+                "interface": interface, "endpoint": endpoint, "outcome": outcome, "adapter_set": "none"
+            }:  # fmt: skip
+                return sample.value
+    return 0.0
+
+
+async def test_openai_refusals_before_the_engine_are_counted(engine: FakeEngine) -> None:
+    app = build_http_app(engine, auth_token="s3cret")
+    auth = {"Authorization": "Bearer s3cret"}
+    transport = httpx2.ASGITransport(app)
+    async with httpx2.AsyncClient(transport=transport, base_url="http://127.0.0.1", headers=auth) as http:
+        assert (await http.post("/v1/chat/completions", json=CHAT | {"frobnicate": 1})).status_code == 400
+        assert (await http.post("/v1/chat/completions", json=CHAT | {"model": "gpt-4o"})).status_code == 404
+        assert (await http.post("/v1/completions", content=b"{not json")).status_code == 400
+        assert (await http.get("/v1/chat/completions")).status_code == 405  # the router's own refusal
+        big = b"x" * (5 << 20)
+        assert (await http.post("/v1/chat/completions", content=big)).status_code == 413  # the body limit's
+        anonymous = {"Authorization": "Bearer wrong"}
+        assert (await http.post("/v1/chat/completions", json=CHAT, headers=anonymous)).status_code == 401
+        assert (await http.post("/v1/chat/completions", json=CHAT)).status_code == 200  # counted as it was before
+        text = (await http.get("/metrics")).text
+    assert refused(text, "openai", "/v1/chat/completions", "invalid") == 3  # field, method, size
+    # the unknown model reached the engine (an adapter of that name?): counted there, under its name
+    assert 'adapter_set="gpt-4o",endpoint="/v1/chat/completions",interface="openai",outcome="invalid"} 1.0' in text
+    assert refused(text, "openai", "/v1/completions", "invalid") == 1
+    assert refused(text, "openai", "/v1/chat/completions", "unauthorized") == 1
+    assert 'outcome="length"' in text  # the good request, once, with its adapter set
+
+
+async def test_mcp_refusals_before_the_engine_are_counted(engine: FakeEngine) -> None:
+    metrics = Metrics(engine)
+    async with Client(build_server(engine, metrics=metrics)) as mcp:
+        assert (await mcp.call_tool("llm_inference", {"prompt": "Hi", "PROMPT": "x"})).is_error  # unknown argument
+        assert (await mcp.call_tool("llm_inference", {"prompt": "Hi", "temperature": 9})).is_error  # out of bounds
+        assert (await mcp.call_tool("llm_inference", {"messages": [], "prompt": "x"})).is_error  # the tool's own
+        assert (await mcp.call_tool("llm_inference", {"prompt": "Hi", "json_schema": {}})).is_error  # capability
+        assert (await mcp.call_tool("list_adapters", {"x": 1})).is_error  # not a generation call: not counted
+        assert not (await mcp.call_tool("llm_inference", {"prompt": "Hi", "max_tokens": 2})).is_error
+    text = generate_latest(metrics.registry).decode()
+    assert refused(text, "mcp", "llm_inference", "invalid") == 4
+    assert engine.requests and len(engine.requests) == 1  # only the good call reached the engine
