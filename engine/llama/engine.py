@@ -29,8 +29,6 @@ from engine.errors import (
     EngineFailure,
     EngineStopped,
     InvalidRequest,
-    UnknownAdapter,
-    listed,
 )
 from engine.info import (
     AdapterInfo,
@@ -43,6 +41,7 @@ from engine.info import (
 )
 from engine.llama.adapters.files import AdapterDirectories
 from engine.llama.adapters.loading import AdapterFileChecker
+from engine.llama.adapters.registry import unknown_adapter
 from engine.llama.chat_template import ChatTemplate
 from engine.llama.commands import (
     AbortRequest,
@@ -263,10 +262,7 @@ class LlamaEngine:
         await self._ready_core()
         for ref in stream.request.adapters:  # the core checks again at admission (an unload may be under way)
             if ref.name not in self._adapter_names:
-                raise UnknownAdapter(
-                    f"no adapter named {ref.name!r} is loaded; loaded adapters: "
-                    f"{listed(sorted(self._adapter_names))} (see list_adapters)"
-                )
+                raise unknown_adapter(ref.name, self._adapter_names)
         if len(self._streams) >= self.config.max_in_flight:
             raise EngineBusy(
                 f"the server is busy: {len(self._streams)} requests are running or queued, the limit is "

@@ -83,9 +83,11 @@ class OpenAIErrorBodies:
             return
         held: Message | None = None  # an error's start, held until its body says whether to rewrite it
         body = bytearray()
+        started = False  # the app began an answer (sent or held)
 
         async def send_or_rewrite(message: Message) -> None:
-            nonlocal held
+            nonlocal held, started
+            started = started or message["type"] == "http.response.start"
             if message["type"] == "http.response.start" and message["status"] >= 400:
                 held = message
                 return
@@ -103,15 +105,8 @@ class OpenAIErrorBodies:
                 return
             await self._rewrite(scope, start, bytes(body), send)
 
-        started = False
-
-        async def tracked(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send_or_rewrite(message)
-
         try:
-            await self.app(scope, receive, tracked)
+            await self.app(scope, receive, send_or_rewrite)
         except BaseException as exc:
             # What escapes the app with no answer sent (a BaseException such as a Rust panic passes
             # Starlette's handler, which catches Exception) still gets an OpenAI error object.

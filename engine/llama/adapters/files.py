@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import InvalidRequest, listed
+from engine.errors import InvalidRequest, bounded, listed
 
 MAX_ADAPTER_BYTES = 4 << 30
 
@@ -37,8 +37,8 @@ class AdapterFileBytes:
 
 
 def shown(requested: str) -> str:
-    """A caller's path for an error message: quoted, cut to 80 characters."""
-    return repr(requested if len(requested) <= 80 else requested[:79] + "…")
+    """A caller's name or path for an error message: quoted, cut to 80 characters."""
+    return repr(bounded(requested, 80))
 
 
 def read_adapter_file(real: Path, display: str) -> AdapterFileBytes:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import InvalidRequest
-from engine.llama.adapters.files import AdapterDirectories, AdapterFileBytes, read_adapter_file
+from engine.llama.adapters.files import AdapterDirectories, AdapterFileBytes, read_adapter_file, shown
 from engine.llama.adapters.validation import AdapterFileInfo, validate_adapter
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -38,9 +38,9 @@ class AdapterFileChecker:
 
         `trusted` (operator preloads) allows paths outside the adapter directories."""
         if not NAME_PATTERN.match(name):
-            shown = name if len(name) <= 80 else name[:80] + "…"
             raise InvalidRequest(
-                f"adapter name {shown!r} is invalid: use 1-64 letters, digits, '.', '_' or '-', starting alphanumeric"
+                f"adapter name {shown(name)} is invalid: "
+                "use 1-64 letters, digits, '.', '_' or '-', starting alphanumeric"
             )
         if trusted:
             file = read_adapter_file(Path(requested_path).expanduser().resolve(), requested_path)

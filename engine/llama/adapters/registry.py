@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from engine.errors import AdapterInUse, InvalidRequest, UnknownAdapter, listed
 from engine.info import AdapterInfo, LoadedAdapter
-from engine.llama.adapters.files import AdapterFileBytes
+from engine.llama.adapters.files import AdapterFileBytes, shown
 from engine.llama.adapters.loading import CheckedAdapterFile
 from engine.request import AdapterKey, AdapterRef
 
@@ -123,7 +123,12 @@ class AdapterRegistry:
     def _require(self, name: str) -> _Loaded:
         entry = self._loaded.get(name)
         if entry is None:
-            loaded = listed(sorted(self._loaded))
-            shown = name if len(name) <= 80 else name[:80] + "…"
-            raise UnknownAdapter(f"no adapter named {shown!r} is loaded; loaded adapters: {loaded} (see list_adapters)")
+            raise unknown_adapter(name, self._loaded)
         return entry
+
+
+def unknown_adapter(name: str, loaded: Iterable[str]) -> UnknownAdapter:
+    """The error for a request or command naming an adapter that is not loaded."""
+    return UnknownAdapter(
+        f"no adapter named {shown(name)} is loaded; loaded adapters: {listed(sorted(loaded))} (see list_adapters)"
+    )

@@ -33,6 +33,12 @@ GGUF_MAGIC = b"GGUF"
 MAX_ABS_WEIGHT = 65504.0
 MAX_ALPHA = 65504.0
 CHECK_CHUNK = 1 << 20  # elements checked at a time: bounded temporary memory for large adapters
+# how the float types' elements read with numpy (BF16: the top half of a float32, widened per chunk)
+_FLOAT_LAYOUTS = {
+    GGMLQuantizationType.F32: np.float32,
+    GGMLQuantizationType.F16: np.float16,
+    GGMLQuantizationType.BF16: np.uint16,
+}
 
 
 class AdapterFileError(InvalidRequest):
@@ -150,15 +156,8 @@ def _check_values(data: bytes, data_offset: int, tensor: TensorInfo, where: str)
         kind = GGMLQuantizationType(tensor.ggml_type)
     except ValueError:
         raise AdapterFileError(f"{where}: tensor {tensor.name!r} has unknown type {tensor.ggml_type}") from None
-    if kind is GGMLQuantizationType.F32:
-        values = np.frombuffer(raw, dtype=np.float32)
-    elif kind is GGMLQuantizationType.F16:
-        values = np.frombuffer(raw, dtype=np.float16)
-    elif kind is GGMLQuantizationType.BF16:  # the top half of a float32
-        values = np.frombuffer(raw, dtype=np.uint16)
-    else:
-        values = np.frombuffer(raw, dtype=np.uint8)
-    floats = kind in (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
+    floats = kind in _FLOAT_LAYOUTS
+    values = np.frombuffer(raw, dtype=_FLOAT_LAYOUTS.get(kind, np.uint8))  # quantized: its bytes
     # quantized types are checked dequantized, a whole number of blocks (bytes) at a time
     block, block_bytes = GGML_QUANT_SIZES[kind]
     step = CHECK_CHUNK if floats else max(1, CHECK_CHUNK // block) * block_bytes
