@@ -154,6 +154,16 @@ class Completions:
         return info
 
 
+# Characters JSON may leave raw but that str.splitlines() (and SSE clients built on it, like httpx's
+# iter_lines) takes for line ends: raw, they would cut an event's `data:` line in two.
+_LINE_BREAKING = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def sse_json(value: Any) -> str:
+    """JSON for one SSE `data:` line: UTF-8 text as is, but never a character that some client splits lines at."""
+    return json.dumps(value, ensure_ascii=False).translate(_LINE_BREAKING)
+
+
 def model_names(base: str) -> tuple[str, ...]:
     """What `model` may say for the base model: its id in /v1/models, or that without ".gguf"."""
     return (base, base.removesuffix(".gguf"))
@@ -240,9 +250,7 @@ class _Answer:
         usage: dict[str, Any] = {"usage": None} if self._include_usage else {}
 
         def chunk(choice: dict[str, Any], **more: Any) -> str:
-            return json.dumps(
-                self._envelope(self._fmt.chunk_object) | {"choices": [choice]} | usage | more, ensure_ascii=False
-            )
+            return sse_json(self._envelope(self._fmt.chunk_object) | {"choices": [choice]} | usage | more)
 
         prefix, _, suffix = chunk(self._fmt.delta(_HOLE, False, None)).partition(json.dumps(_HOLE))
         first = True
@@ -256,7 +264,7 @@ class _Answer:
                 yield chunk(self._fmt.delta(delta.text, True, None))
                 first = False
             else:
-                yield prefix + json.dumps(delta.text, ensure_ascii=False) + suffix
+                yield prefix + sse_json(delta.text) + suffix
         result = stream.result
         assert result is not None
         yield chunk(self._fmt.delta("", first, _finish_reason(result)), **_provenance(result))
