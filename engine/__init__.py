@@ -11,6 +11,7 @@ from engine.config import EngineConfig
 from engine.default_model import default_model_path
 from engine.errors import (
     AdapterInUse,
+    AdapterVersionMismatch,
     ConstraintFailed,
     EngineBusy,
     EngineError,
@@ -42,6 +43,7 @@ __all__ = [
     "AdapterInfo",
     "AdapterListing",
     "AdapterRef",
+    "AdapterVersionMismatch",
     "BackendMetric",
     "Capabilities",
     "ChatMessage",

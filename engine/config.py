@@ -15,6 +15,12 @@ def default_adapter_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "adapters"
 
 
+def default_conversion_cache() -> Path:
+    """$XDG_CACHE_HOME/loramux/converted-adapters (~/.cache/... by default)."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "loramux" / "converted-adapters"
+
+
 def _default_threads() -> int:
     # More threads than cores makes llama.cpp's spin-waiting threads fight each other.
     return max(1, min(os.cpu_count() or 1, 8))
@@ -83,6 +89,34 @@ class EngineConfig(BaseModel):
     )
     chat_template: Path | None = Field(
         None, description="A Jinja chat template file to use instead of the one in the model's GGUF."
+    )
+    adapter_cache_dir: Path | None = Field(
+        default_factory=default_conversion_cache,
+        description="Where PEFT and mlx-lm folders' GGUF conversions are kept, by the source files' SHA-256; "
+        "None = convert on every load.",
+    )
+    auto_load_adapters: bool = Field(
+        True,
+        description="A request naming an adapter that is not loaded loads NAME.gguf or the folder NAME/ from an "
+        "adapter directory first (the request waits; others do not).",
+    )
+    watch_adapters: bool = Field(
+        False,
+        description="Poll resident adapters' files and folders; one that changes is loaded again as a new version.",
+    )
+    max_loaded_adapters: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="Most adapters resident at once; loading another evicts the least recently used idle, "
+        "unpinned one. None = no limit.",
+    )
+    adapter_memory_mb: float | None = Field(
+        None,
+        gt=0,
+        le=10_000_000,
+        description="Most megabytes of adapter weights resident at once (as loaded), evicting as "
+        "max_loaded_adapters does. None = no limit.",
     )
 
     @field_validator("context_per_sequence")

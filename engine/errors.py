@@ -53,6 +53,10 @@ class AdapterInUse(InvalidRequest):
     pass
 
 
+class AdapterVersionMismatch(InvalidRequest):
+    """A reload's compare-and-swap (expect_sha256) found another version resident."""
+
+
 class EngineBusy(EngineError):
     pass
 

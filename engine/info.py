@@ -72,28 +72,51 @@ class AdapterInfo(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     name: str
-    path: str = Field(description="The adapter file, inside an adapter directory.")
-    file_size: int
-    sha256: str = Field(description="SHA-256 of the adapter file's bytes, as loaded.")
+    path: str = Field(description="The adapter file or folder, inside an adapter directory.")
+    file_size: int = Field(description="Bytes of the GGUF given to llama.cpp (a folder's: its conversion).")
+    sha256: str = Field(description="SHA-256 of the GGUF bytes given to llama.cpp.")
+    source_format: Literal["gguf", "peft", "mlx-lm"] = Field(
+        "gguf", description="What was loaded: a GGUF file, or a PEFT / mlx-lm folder converted on load."
+    )
+    source_sha256: dict[str, str] = Field(
+        default_factory=dict, description="A folder's source files by name → SHA-256 (empty for a GGUF file)."
+    )
     rank: int
     alpha: float = Field(allow_inf_nan=False, description="LoRA alpha; the effective scale is scale * alpha / rank.")
     target_modules: tuple[str, ...] = Field(description="Base-model modules it changes (attn_v, ffn_down, …).")
     architecture: str
     loaded_at: datetime = Field(description="When it was loaded (UTC).")
+    last_used_at: datetime | None = Field(None, description="When a request last started using it (UTC).")
+    pinned: bool = Field(False, description="Never evicted to make room (load_adapter pin=true, or preloaded).")
+    warnings: tuple[str, ...] = Field((), description="What its load noticed but allowed (e.g. another base model).")
+    version: int = Field(1, description="1, then one more each time the name is loaded with other content.")
     requests_served: int
     requests_in_flight: int = Field(description="Queued or running requests using it; unloading waits for 0.")
 
 
 class LoadedAdapter(BaseModel):
     adapter: AdapterInfo
-    newly_loaded: bool = Field(description="False if this name was already loaded from this file.")
+    newly_loaded: bool = Field(description="False if this name was already loaded with these bytes.")
+    replaced_sha256: str | None = Field(
+        None, description="The version this load replaced: requests already running finish on it."
+    )
+    evicted: list[str] = Field(
+        default_factory=list, description="Idle adapters unloaded to stay within the residency budget."
+    )
 
 
 class AdapterListing(BaseModel):
     base_model: ModelInfo
-    adapters: list[AdapterInfo] = Field(description="Loaded adapters, usable in llm_inference.")
+    adapters: list[AdapterInfo] = Field(description="Resident adapters, usable in llm_inference.")
     adapter_directories: list[str]
-    available_files: list[str] = Field(description="Adapter files load_adapter accepts (paths in a directory).")
+    available_files: list[str] = Field(
+        description="Adapter files and folders (shown with a trailing '/') in the adapter directories."
+    )
+    auto_load: bool = Field(
+        False, description="Whether naming an adapter that is not resident loads it from the adapter directories."
+    )
+    max_loaded_adapters: int | None = Field(None, description="Most adapters resident at once (None: no limit).")
+    adapter_memory_mb: float | None = Field(None, description="Most MB of adapter weights resident (None: no limit).")
 
 
 @dataclass(frozen=True)
@@ -122,6 +145,10 @@ class EngineStats:
     adapter_loads: int = 0
     adapter_unloads: int = 0
     adapters_loaded: int = 0
+    adapter_evictions: int = 0  # idle adapters unloaded to stay within the residency budget
+    adapter_first_use_loads: int = 0  # adapters loaded because a request named them
+    adapter_first_use_wait_seconds: float = 0.0  # what those requests waited for their loads, in all
+    adapter_reloads: int = 0  # loads that replaced a resident adapter with a new version
     # sequences_per_step[n] = number of decode steps that carried n sequences
     sequences_per_step: dict[int, int] = field(default_factory=dict)
     # what only this backend counts (llama: KV cells, sequence moves, …), published as they are

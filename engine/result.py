@@ -27,8 +27,11 @@ class Timings(BaseModel):
 
 class AdapterUse(BaseModel):
     name: str
-    sha256: str = Field(description="SHA-256 of the adapter file the request ran with.")
+    sha256: str = Field(description="SHA-256 of the adapter GGUF the request ran with (a folder's: its conversion).")
     scale: float
+    source_sha256: dict[str, str] | None = Field(
+        None, description="For a PEFT / mlx-lm folder: its source files by name → SHA-256."
+    )
 
 
 class Receipt(BaseModel):

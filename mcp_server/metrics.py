@@ -269,7 +269,27 @@ class EngineCollector(Collector):
                 "Adapters loaded (a repeated load of the same file is not counted).",
                 stats.adapter_loads,
             ),
-            ("loramux_adapter_unloads", "Adapters unloaded.", stats.adapter_unloads),
+            ("loramux_adapter_unloads", "Adapters unloaded (evictions included).", stats.adapter_unloads),
+            (
+                "loramux_adapter_evictions",
+                "Idle adapters unloaded to stay within the residency budget.",
+                stats.adapter_evictions,
+            ),
+            (
+                "loramux_adapter_reloads",
+                "Loads that replaced a resident adapter with a new version (by a load or --watch-adapters).",
+                stats.adapter_reloads,
+            ),
+            (
+                "loramux_adapter_first_use_loads",
+                "Adapters loaded because a request named one that was not resident.",
+                stats.adapter_first_use_loads,
+            ),
+            (
+                "loramux_adapter_first_use_wait_seconds",
+                "Seconds requests waited for their adapters' first-use loads, in all.",
+                stats.adapter_first_use_wait_seconds,
+            ),
             ("loramux_prefix_cache_hits", "Admissions that reused a cached prompt prefix.", stats.prefix_hits),
             ("loramux_prefix_cache_misses", "Admissions that found no cached prefix.", stats.prefix_misses),
             (

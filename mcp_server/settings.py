@@ -163,6 +163,32 @@ class Settings(BaseSettings):
         flag="--adapter", metavar="NAME=PATH", shown_default="–", default_factory=dict,
         engine="preload_adapters",
     )  # fmt: skip
+    auto_load: bool = option(
+        "a call naming an adapter that is not loaded loads it first from the adapter directories (`NAME.gguf`, or "
+        "a PEFT / mlx-lm folder `NAME/`), confined as `load_adapter` is; that call waits, others do not. "
+        "`--no-auto-load`: such calls are refused",
+        engine="auto_load_adapters",
+    )  # fmt: skip
+    watch_adapters: bool = option(
+        "watch the files and folders resident adapters were loaded from (polled each second); one that changes "
+        "is loaded again as a new version: later calls get it, running calls finish on the old one",
+        engine="watch_adapters",
+    )  # fmt: skip
+    max_loaded_adapters: int | None = option(
+        "most adapters resident at once; loading another unloads the least recently used one that is neither "
+        "pinned (`load_adapter` with `pin`, `--adapter`) nor used by a queued or running request",
+        metavar="N", shown_default="no limit", engine="max_loaded_adapters",
+    )  # fmt: skip
+    adapter_memory_mb: float | None = option(
+        "most megabytes of adapter weights resident at once (as loaded: a converted folder counts its F32 "
+        "GGUF), evicting as `--max-loaded-adapters` does",
+        metavar="MB", shown_default="no limit", engine="adapter_memory_mb",
+    )  # fmt: skip
+    adapter_cache_dir: Path | None = option(
+        "where PEFT and mlx-lm folders' conversions to GGUF are kept, keyed by the source files' SHA-256, so a "
+        "second load only reads the folder",
+        metavar="DIR", shown_default="`~/.cache/loramux/converted-adapters`", engine="adapter_cache_dir",
+    )  # fmt: skip
     chat_template: Path | None = option(
         "a Jinja chat template to use instead of the model's, e.g. to fix a model's template. Templates may move "
         "messages around; one that rewrites message text is refused per request (message text must never be read "

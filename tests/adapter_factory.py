@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from gguf import GGUFReader, GGUFWriter
@@ -59,3 +60,18 @@ def write_lora(
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def slow_adapter_reads(monkeypatch: Any, seconds: float = 1.5) -> None:
+    """Every adapter file read takes `seconds` longer, as from a slow network mount."""
+    import time
+
+    import engine.llama.adapters.loading as adapter_loading
+
+    read = adapter_loading.read_adapter_file
+
+    def slow_read(real: Path, display: str) -> object:
+        time.sleep(seconds)
+        return read(real, display)
+
+    monkeypatch.setattr(adapter_loading, "read_adapter_file", slow_read)

@@ -86,7 +86,9 @@ class FakeEngine:
     def generate(self, request: GenerateRequest) -> FakeStream:
         return FakeStream(self, request)
 
-    async def load_adapter(self, name: str, path: str) -> LoadedAdapter:
+    async def load_adapter(
+        self, name: str, path: str, *, pin: bool = False, expect_sha256: str | None = None
+    ) -> LoadedAdapter:
         if not path.endswith(".gguf"):
             raise InvalidRequest(f"{path!r} is not an adapter file")
         if name in self.adapters:
@@ -94,7 +96,7 @@ class FakeEngine:
         self.adapters[name] = AdapterInfo(
             name=name, path=path, file_size=1, sha256=hashlib.sha256(path.encode()).hexdigest(), rank=8, alpha=16.0,
             target_modules=("attn_v",), architecture="fake", loaded_at=datetime.now(UTC), requests_served=0,
-            requests_in_flight=0,
+            requests_in_flight=0, pinned=pin,
         )  # fmt: skip
         return LoadedAdapter(adapter=self.adapters[name], newly_loaded=True)
 

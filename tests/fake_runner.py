@@ -8,7 +8,6 @@ Every executed step is recorded, so tests can see what the scheduler put in it. 
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -17,7 +16,7 @@ from engine.config import EngineConfig
 from engine.default_model import default_model_path
 from engine.errors import EngineFailure
 from engine.info import Capabilities, ModelInfo
-from engine.llama.adapters.gguf_header import read_gguf_header
+from engine.llama.adapters.base_model import AdapterBase
 from engine.llama.adapters.validation import AdapterFileError
 from engine.llama.scheduling.step import StepOutput, StepPlan
 from engine.request import SamplingParams
@@ -57,14 +56,6 @@ class FakeSampler:
         return token
 
 
-@functools.cache
-def default_model_shapes() -> dict[str, tuple[int, ...]]:
-    """The default model's tensor shapes, read from its header: real adapter files validate against them."""
-    path = default_model_path()
-    with path.open("rb") as f:
-        return {t.name: t.shape for t in read_gguf_header(f, path.stat().st_size).tensors}
-
-
 class FakeRunner:
     """`like_default_model`: the default model's architecture and tensor shapes, so that real adapter
     files (adapters/caps.gguf) load (as handles that change nothing)."""
@@ -77,7 +68,7 @@ class FakeRunner:
         step_seconds: float = 0.0,
         like_default_model: bool = False,
     ) -> None:
-        self._shapes = default_model_shapes() if like_default_model else {}
+        self._like_default_model = like_default_model
         self.info = ModelInfo(
             name="fake.gguf",
             description="fake",
@@ -106,8 +97,10 @@ class FakeRunner:
         self._sampling: dict[int, SamplingParams] = {}
         self.closed = False
 
-    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
-        return self._shapes
+    def adapter_base(self) -> AdapterBase:
+        if self._like_default_model:
+            return AdapterBase.from_model_file(default_model_path())
+        return AdapterBase(self.info.architecture, {})
 
     def add_sequence(self, request_id: int, sampling: SamplingParams, constraint: Any = None) -> None:
         if self.failing_sampler_at_start(sampling):

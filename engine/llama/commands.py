@@ -41,6 +41,8 @@ class AdapterCommand(Generic[R]):
 @dataclass(frozen=True)
 class LoadAdapter(AdapterCommand[LoadedAdapter]):
     checked: CheckedAdapterFile  # read and validated off the decode thread
+    pin: bool = False  # never evicted for the residency budget
+    expect_sha256: str | None = None  # compare-and-swap: refused unless this version is the resident one
 
 
 @dataclass(frozen=True)

@@ -121,16 +121,19 @@ class EngineCore:
             self._events.append(RequestFailed(prepared.request_id, exc))
             self._counts["requests_failed"] += 1
             return
-        self.adapters.acquire(prepared.adapter_key)  # cannot fail: checked above
+        key = prepared.adapter_key
+        hold = self.adapters.acquire(key)  # cannot fail: checked above
         seq = Sequence.from_prepared(prepared)
-        seq.adapters_used = self.adapters.fingerprints(prepared.adapter_key)
-        seq.adapter_handles = self.adapters.handles(prepared.adapter_key)  # valid while held
+        seq.adapter_hold = hold
+        seq.adapter_key = self.adapters.weights_key(hold, key)  # by version: what grouping and prefix reuse compare
+        seq.adapters_used = self.adapters.fingerprints(hold, key)
+        seq.adapter_handles = self.adapters.handles(hold, key)  # valid while held
         self._sequences[seq.request_id] = seq
         self.scheduler.add(seq)
 
     def _adapter_command(self, command: AdapterCommand) -> object:
         if isinstance(command, LoadAdapter):
-            loaded = self.adapters.load(command.checked)
+            loaded = self.adapters.load(command.checked, pin=command.pin, expect_sha256=command.expect_sha256)
             self._counts["adapter_loads"] += loaded.newly_loaded
             return loaded
         if isinstance(command, UnloadAdapter):
@@ -263,7 +266,7 @@ class EngineCore:
             if self.scheduler.prefix_cache.keep(slot, seq.adapter_key, cached):
                 slot = None
         self.runner.remove_sequence(seq.request_id, slot)
-        self.adapters.release(seq.adapter_key)
+        self.adapters.release(seq.adapter_hold)
         del self._sequences[seq.request_id]
         self._events.append(event)
         self._counts[counter] += 1

@@ -10,6 +10,7 @@ validation) and only handed to llama.cpp by the core.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import math
@@ -29,6 +30,8 @@ from engine.errors import (
     EngineFailure,
     EngineStopped,
     InvalidRequest,
+    UnknownAdapter,
+    listed,
 )
 from engine.info import (
     AdapterInfo,
@@ -39,9 +42,11 @@ from engine.info import (
     ModelInfo,
     RequestStatus,
 )
-from engine.llama.adapters.files import AdapterDirectories
+from engine.llama.adapters.files import AdapterDirectories, shown
 from engine.llama.adapters.loading import AdapterFileChecker
 from engine.llama.adapters.registry import unknown_adapter
+from engine.llama.adapters.residency import AdapterResidency
+from engine.llama.adapters.watching import WATCH_INTERVAL_S, AdapterSource, signature
 from engine.llama.chat_template import ChatTemplate
 from engine.llama.commands import (
     AbortRequest,
@@ -104,7 +109,14 @@ class LlamaEngine:
         self._ids = itertools.count(1)
         self._streams: dict[int, RequestStream] = {}  # requests not yet finished, preparing ones included
         self._pending: dict[int, _Pending] = {}
-        self._adapter_names: set[str] = set()  # loaded adapters, as the core last answered
+        mb = config.adapter_memory_mb
+        # resident adapters as the core last answered, each request's reservations, and the budget
+        self._residency = AdapterResidency(config.max_loaded_adapters, None if mb is None else int(mb * 1e6))
+        self._load_lock = anyio.Lock()  # one budget decision and load at a time
+        self._first_uses: dict[str, anyio.Event] = {}  # first-use loads under way, by name
+        self._adapter_counts = {"evictions": 0, "first_use_loads": 0, "first_use_wait_s": 0.0, "reloads": 0}
+        self._sources: dict[str, AdapterSource] = {}  # where each resident adapter came from (--watch-adapters)
+        self._watcher: asyncio.Task[None] | None = None
         self._stats = EngineStats()
         self._model_info: ModelInfo | None = None
         self._core: CoreThread | None = None
@@ -155,8 +167,10 @@ class LlamaEngine:
         if info.capabilities.mixed_adapter_sets:
             logger.info("requests with different adapter sets share decode steps")
         self._preparer, self._checker = await anyio.to_thread.run_sync(self._read_only_helpers, runner)
-        for name, path in self.config.preload_adapters:
-            await self._load_adapter(name, str(path), trusted=True)
+        for name, path in self.config.preload_adapters:  # the operator's: pinned, never evicted
+            await self._load_adapter(name, str(path), trusted=True, pin=True)
+        if self.config.watch_adapters:
+            self._watcher = self._loop.create_task(self._watch_adapters())
 
     def _read_only_helpers(self, runner: ModelRunner) -> tuple[RequestPreparer, AdapterFileChecker]:
         """What the async side needs of the model: its vocabulary (read-only), template and tensor shapes."""
@@ -171,9 +185,7 @@ class LlamaEngine:
             timeout=self.config.request_timeout,
             constraints=ConstraintCompiler(pointer) if pointer is not None else None,
         )
-        checker = AdapterFileChecker(
-            self._directories, base_architecture=runner.info.architecture, base_shapes=runner.tensor_shapes()
-        )
+        checker = AdapterFileChecker(self._directories, runner.adapter_base(), self.config.adapter_cache_dir)
         return preparer, checker
 
     async def drain(self, grace_s: float) -> int:
@@ -190,6 +202,7 @@ class LlamaEngine:
         with anyio.move_on_after(grace_s):
             await self._idle.wait()  # a second drain(0) that ends the rest wakes this one too
         streams, self._streams = self._streams, {}
+        self._residency.reserved.clear()
         self._idle.set()
         if streams:
             logger.info("%d requests did not finish in time: ending them with a shutting-down error", len(streams))
@@ -202,6 +215,8 @@ class LlamaEngine:
     async def stop(self) -> None:
         if self._state in (EngineState.READY, EngineState.STARTING):
             self._state = EngineState.STOPPING
+        if self._watcher is not None:
+            self._watcher.cancel()
         await self._stop_core()
         if self._state is not EngineState.FAILED:
             self._state = EngineState.STOPPED
@@ -225,8 +240,15 @@ class LlamaEngine:
         return self._model_info
 
     def stats(self) -> EngineStats:
-        """The counters as of the last decode step."""
-        return self._stats
+        """The counters as of the last decode step (the adapter residency's: as of now)."""
+        counts = self._adapter_counts
+        return dataclasses.replace(
+            self._stats,
+            adapter_evictions=int(counts["evictions"]),
+            adapter_first_use_loads=int(counts["first_use_loads"]),
+            adapter_first_use_wait_seconds=counts["first_use_wait_s"],
+            adapter_reloads=int(counts["reloads"]),
+        )
 
     async def _ready_core(self) -> CoreThread:
         if self._state is EngineState.STARTING and self._started is not None:
@@ -260,9 +282,11 @@ class LlamaEngine:
 
     async def _submit(self, stream: RequestStream) -> None:
         await self._ready_core()
-        for ref in stream.request.adapters:  # the core checks again at admission (an unload may be under way)
-            if ref.name not in self._adapter_names:
-                raise unknown_adapter(ref.name, self._adapter_names)
+        names = [ref.name for ref in stream.request.adapters]
+        if not self.config.auto_load_adapters:
+            for name in names:  # the core checks again at admission (an unload may be under way)
+                if name not in self._residency:
+                    raise unknown_adapter(name, self._residency.names())
         if len(self._streams) >= self.config.max_in_flight:
             raise EngineBusy(
                 f"the server is busy: {len(self._streams)} requests are running or queued, the limit is "
@@ -270,7 +294,12 @@ class LlamaEngine:
             )
         submitted_at = time.monotonic()
         self._streams[stream.request_id] = stream
+        self._residency.reserve(names)  # until _forget: never evicted while this request is open
         try:
+            for name in names:
+                if name not in self._residency:
+                    await self._load_on_first_use(name)
+            self._residency.touch(names)
             # Off the decode thread: a long prompt's template and tokenization must not stall other streams.
             prepared = await anyio.to_thread.run_sync(
                 self._preparer.prepare, stream.request_id, stream.request, submitted_at, abandon_on_cancel=True
@@ -288,13 +317,43 @@ class LlamaEngine:
 
     # -- adapters -----------------------------------------------------------------------------------------
 
-    async def load_adapter(self, name: str, path: str) -> LoadedAdapter:
-        """Load the adapter file `path` (inside an adapter directory) as `name`."""
+    async def load_adapter(
+        self, name: str, path: str, *, pin: bool = False, expect_sha256: str | None = None
+    ) -> LoadedAdapter:
+        """Load the adapter file or folder `path` (inside an adapter directory) as `name`; other content
+        under a loaded name is a new version (`expect_sha256`: only if the resident one is that)."""
         await self._ready_core()
-        return await self._load_adapter(name, path)
+        return await self._load_adapter(name, path, pin=pin, expect_sha256=expect_sha256)
 
-    async def _load_adapter(self, name: str, path: str, *, trusted: bool = False) -> LoadedAdapter:
-        # Find, open and validate in a thread; the core only hands the open file to llama.cpp.
+    async def _load_on_first_use(self, name: str) -> None:
+        """Load the adapter a request names from NAME.gguf or the folder NAME/, once however many requests
+        wait for it; the waiting requests' callers wait, nobody else does."""
+        started = time.monotonic()
+        while name not in self._residency:
+            under_way = self._first_uses.get(name)
+            if under_way is not None:
+                await under_way.wait()  # another request's load of it: then look again (it may have failed)
+                continue
+            self._first_uses[name] = done = anyio.Event()  # before any await: one load however many ask
+            try:
+                path = await anyio.to_thread.run_sync(self._directories.find, name)
+                if path is None:
+                    raise UnknownAdapter(
+                        f"no adapter named {shown(name)} is loaded, and the adapter directories hold no "
+                        f"{shown(name + '.gguf')} or adapter folder {shown(name + '/')}; loaded adapters: "
+                        f"{listed(self._residency.names())} (see list_adapters)"
+                    )
+                await self._load_adapter(name, path)
+            finally:
+                del self._first_uses[name]
+                done.set()
+            self._adapter_counts["first_use_loads"] += 1
+            self._adapter_counts["first_use_wait_s"] += time.monotonic() - started
+
+    async def _load_adapter(
+        self, name: str, path: str, *, trusted: bool = False, pin: bool = False, expect_sha256: str | None = None
+    ) -> LoadedAdapter:
+        # Find, open, convert and validate in a thread; the core only hands the bytes to llama.cpp.
         try:
             with anyio.fail_after(ADAPTER_READ_TIMEOUT_S):
                 checked = await anyio.to_thread.run_sync(
@@ -305,7 +364,40 @@ class LlamaEngine:
                 f"reading the adapter file took longer than {ADAPTER_READ_TIMEOUT_S:g} s (a slow or stalled "
                 "file system?); copy it to a local adapter directory and retry"
             ) from None
-        return await self._call(LoadAdapter(next(self._ids), checked))
+        async with self._load_lock:
+            evicted = [] if name in self._residency else self._residency.make_room(checked.file.size)
+            for victim in evicted:
+                try:
+                    await self._call(UnloadAdapter(next(self._ids), victim))
+                except EngineError:  # the core's guard refused (it should not): learn what is resident again
+                    logger.exception("evicting adapter %s failed", victim)
+                    await self._call(ListAdapters(next(self._ids)))
+                    raise
+                self._adapter_counts["evictions"] += 1
+                logger.info("adapter %s evicted (least recently used) to make room for %s", victim, name)
+            loaded = await self._call(LoadAdapter(next(self._ids), checked, pin, expect_sha256))
+        self._sources[name] = AdapterSource(path, trusted, checked.file.path, checked.signature)
+        if loaded.replaced_sha256 is not None:
+            self._adapter_counts["reloads"] += 1
+            logger.info("adapter %s is now version %d (%s)", name, loaded.adapter.version, checked.sha256[:16])
+        return loaded.model_copy(update={"evicted": evicted})
+
+    async def _watch_adapters(self) -> None:
+        """--watch-adapters: a resident adapter whose file or folder changed is loaded again, as a new version."""
+        while True:
+            await anyio.sleep(WATCH_INTERVAL_S)
+            for name, source in list(self._sources.items()):
+                if name not in self._residency:
+                    self._sources.pop(name, None)
+                    continue
+                now = await anyio.to_thread.run_sync(signature, source.real)
+                if now == source.signature or not now:
+                    continue
+                source.signature = now  # one try per change: a half-written file is retried at its next write
+                try:
+                    await self._load_adapter(name, source.requested, trusted=source.trusted)
+                except EngineError as exc:
+                    logger.warning("adapter %s changed on disk but was not reloaded: %s", name, exc)
 
     async def unload_adapter(self, name: str) -> AdapterInfo:
         await self._ready_core()
@@ -321,6 +413,9 @@ class LlamaEngine:
             adapter_directories=[str(d) for d in self._directories.roots],
             # A directory walk needs no model state: it runs in a thread, never on the decode thread.
             available_files=await anyio.to_thread.run_sync(self._directories.available),
+            auto_load=self.config.auto_load_adapters,
+            max_loaded_adapters=self.config.max_loaded_adapters,
+            adapter_memory_mb=self.config.adapter_memory_mb,
         )
 
     async def _call(self, command: AdapterCommand[R]) -> R:
@@ -373,17 +468,19 @@ class LlamaEngine:
                 self._halt(failed=event.failed)
 
     def _follow_adapters(self, result: object) -> None:
-        """Keep the names of the loaded adapters from the core's answers (whoever awaited them): a request
-        naming another adapter is refused when it is submitted, not after its stream has begun."""
+        """Keep the resident adapters from the core's answers (whoever awaited them): a request naming
+        another adapter is loaded first or refused when it is submitted, not after its stream has begun."""
         if isinstance(result, LoadedAdapter):
-            self._adapter_names.add(result.adapter.name)
+            self._residency.loaded(result.adapter)
         elif isinstance(result, AdapterInfo):  # an unload's answer
-            self._adapter_names.discard(result.name)
+            self._residency.unloaded(result.name)
         elif isinstance(result, list):  # a listing: the whole set
-            self._adapter_names = {info.name for info in result}
+            self._residency.listed(result)
 
     def _forget(self, request_id: int) -> RequestStream | None:
         stream = self._streams.pop(request_id, None)
+        if stream is not None:
+            self._residency.release(ref.name for ref in stream.request.adapters)
         if self._idle is not None and not self._streams:
             self._idle.set()
         return stream
@@ -394,6 +491,7 @@ class LlamaEngine:
         if failed:
             self._state = EngineState.FAILED
         streams, self._streams = self._streams, {}
+        self._residency.reserved.clear()
         if self._idle is not None:
             self._idle.set()
         for stream in streams.values():

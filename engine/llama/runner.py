@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from engine.info import ModelInfo
+from engine.llama.adapters.base_model import AdapterBase
 from engine.llama.adapters.files import AdapterFileBytes
 from engine.llama.scheduling.step import StepOutput, StepPlan
 from engine.llama.vocab import Vocab
@@ -20,8 +21,8 @@ class ModelRunner(Protocol):
     info: ModelInfo
     vocab: Vocab  # read-only: the async side tokenizes with it
 
-    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Base tensor names and shapes, to validate adapters against."""
+    def adapter_base(self) -> AdapterBase:
+        """The model's architecture, tensor shapes and attention layout, to check and convert adapters against."""
         ...
 
     def add_sequence(self, request_id: int, sampling: SamplingParams, constraint: Any = None) -> None:

@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse
 
 from engine import (
     AdapterInUse,
+    AdapterVersionMismatch,
     ConstraintFailed,
     EngineBusy,
     EngineError,
@@ -99,6 +100,8 @@ def from_engine(exc: EngineError) -> OpenAIError:
         return OpenAIError(404, str(exc), code="adapter_not_found")
     if isinstance(exc, AdapterInUse):
         return OpenAIError(409, str(exc), code="adapter_in_use")
+    if isinstance(exc, AdapterVersionMismatch):
+        return OpenAIError(409, str(exc), code="adapter_version_mismatch")
     if isinstance(exc, ConstraintFailed):
         return OpenAIError(400, str(exc), param="response_format", code="constraint_failed")
     if isinstance(exc, InvalidRequest):

@@ -56,7 +56,9 @@ class Models:
             except ValidationError as exc:
                 raise invalid(exc) from None
             try:
-                loaded = await self._engine.load_adapter(load.name, load.path)
+                loaded = await self._engine.load_adapter(
+                    load.name, load.path, pin=load.pin, expect_sha256=load.expect_sha256
+                )
             except EngineError as exc:
                 raise from_engine(exc) from None
         except OpenAIError as exc:

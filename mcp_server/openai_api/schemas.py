@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from engine.request import MAX_PROMPT_CHARS, AdapterRef, SamplingParams
 
@@ -235,4 +235,10 @@ class AdapterLoad(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=64)
-    path: str = Field(min_length=1, max_length=1024, description="Adapter file inside an adapter directory.")
+    path: str = Field(
+        min_length=1, max_length=1024, description="Adapter file or PEFT / mlx-lm folder inside an adapter directory."
+    )
+    pin: StrictBool = Field(False, description="Never evict it to make room for other adapters.")
+    expect_sha256: str | None = Field(
+        None, pattern="^[0-9a-fA-F]{64}$", description="Reload only if the resident version has this sha256."
+    )

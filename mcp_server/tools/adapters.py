@@ -19,8 +19,10 @@ AdapterName = Annotated[str, *_name.metadata, Field(description="Adapter name: l
 def register(mcp: MCPServer, engine: InferenceEngine) -> None:
     @mcp.tool(
         title="List LoRA adapters",
-        description="Show the base model, the loaded LoRA adapters (usable in llm_inference's `adapter` or "
-        "`adapters`) with their metadata and usage, and the adapter files load_adapter can load.",
+        description="Show the base model, the resident LoRA adapters (usable in llm_inference's `adapter` or "
+        "`adapters`) with their metadata, usage, pin and last use, the adapter files and folders on disk that "
+        "load_adapter can load (and that llm_inference loads on first use when auto_load is on), and the "
+        "residency budget.",
         annotations=ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False),
     )
     async def list_adapters() -> AdapterListing:
@@ -31,9 +33,14 @@ def register(mcp: MCPServer, engine: InferenceEngine) -> None:
 
     @mcp.tool(
         title="Load a LoRA adapter",
-        description="Load a LoRA adapter file under a name, without restarting; requests then select it by "
-        "name. `path` is a file name or a path inside an adapter directory (list_adapters shows the files). "
-        "Loading the same name and file again does nothing.",
+        description="Load a LoRA adapter under a name, without restarting; requests then select it by name. "
+        "`path` is a GGUF file, or a PEFT folder (adapter_config.json + adapter_model.safetensors: Hugging Face "
+        "PEFT, Unsloth, axolotl) or an mlx-lm folder (adapter_config.json + adapters.safetensors), converted on "
+        "load; a file name or a path inside an adapter directory (list_adapters shows them). `pin` keeps it "
+        "resident when the residency budget evicts idle adapters. Loading the same name and content again "
+        "does nothing (but may pin it); other content under a loaded name is a new version: later calls get "
+        "it, running calls finish on the old one. `expect_sha256` makes that a compare-and-swap: refused unless "
+        "the resident version has this sha256 (list_adapters shows it).",
         annotations=ToolAnnotations(
             read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False
         ),
@@ -43,11 +50,20 @@ def register(mcp: MCPServer, engine: InferenceEngine) -> None:
         path: Annotated[
             str,
             Strict(),
-            Field(min_length=1, max_length=1024, description="Adapter file inside an adapter directory."),
+            Field(min_length=1, max_length=1024, description="Adapter file or folder inside an adapter directory."),
         ],
+        pin: Annotated[bool, Strict(), Field(description="Never evict it to make room for other adapters.")] = False,
+        expect_sha256: Annotated[
+            str | None,
+            Strict(),
+            Field(
+                pattern="^[0-9a-fA-F]{64}$",
+                description="Reload only if the resident version of `name` has this sha256 (compare-and-swap).",
+            ),
+        ] = None,
     ) -> LoadedAdapter:
         try:
-            return await engine.load_adapter(name, path)
+            return await engine.load_adapter(name, path, pin=pin, expect_sha256=expect_sha256)
         except EngineError as exc:
             raise ToolError(str(exc)) from exc
 

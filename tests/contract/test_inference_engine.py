@@ -151,6 +151,15 @@ async def test_adapters_load_list_and_unload(open_engine: Callable[..., Any]) ->
         assert (await engine.list_adapters()).adapters == []
         with pytest.raises(UnknownAdapter):
             await engine.unload_adapter("caps")
+        with pytest.raises(UnknownAdapter):  # neither loaded nor on disk: refused as the stream is entered
+            async with engine.generate(ask(sampling=short, adapters=(AdapterRef(name="nowhere"),))):
+                pass
+        # caps.gguf is in the adapter directory: a request naming it loads it first (auto-load is on by default)
+        result = await _complete(engine, ask(sampling=short, adapters=(AdapterRef(name="caps"),)))
+        assert result.receipt.adapters[0].name == "caps"
+        assert [a.name for a in (await engine.list_adapters()).adapters] == ["caps"]
+        assert engine.stats().adapter_first_use_loads == 1
+    async with open_engine(auto_load_adapters=False) as engine:
         with pytest.raises(UnknownAdapter):  # refused as the stream is entered, before any text
             async with engine.generate(ask(sampling=short, adapters=(AdapterRef(name="caps"),))):
                 pass

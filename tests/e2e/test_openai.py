@@ -200,8 +200,11 @@ def test_adapter_routes_load_list_unload(base_url: str, client: openai.OpenAI) -
     assert answer.choices[0].finish_reason == "stop"
     status, gone = http("DELETE", base_url + "/v1/adapters/short")
     assert status == 200 and gone == {"name": "short", "unloaded": True, "requests_served": 1}
-    with pytest.raises(openai.NotFoundError, match="does not exist"):
-        client.chat.completions.create(model="short", messages=QUESTION, max_tokens=4)
+    with pytest.raises(openai.NotFoundError, match="does not exist"):  # neither loaded nor on disk
+        client.chat.completions.create(model="nowhere", messages=QUESTION, max_tokens=4)
+    # short.gguf is in the adapter directory: naming it loads it again on first use
+    assert client.chat.completions.create(model="short", messages=QUESTION, max_tokens=4).model == "short"
+    assert http("DELETE", base_url + "/v1/adapters/short")[0] == 200
 
 
 def test_adapter_routes_refuse_what_load_adapter_refuses(base_url: str) -> None:

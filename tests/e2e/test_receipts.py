@@ -39,7 +39,7 @@ async def test_an_mcp_result_carries_a_receipt_that_replays_it(base_url: str) ->
         receipt = first["receipt"]
         assert receipt["model"] == default_model_path().name
         assert receipt["model_sha256"] == sha256(default_model_path())
-        assert receipt["adapters"] == [{"name": "caps", "sha256": sha256(CAPS), "scale": 0.7}]
+        assert receipt["adapters"] == [{"name": "caps", "sha256": sha256(CAPS), "scale": 0.7, "source_sha256": None}]
         assert receipt["sampling"]["seed"] == receipt["seed"] and receipt["sampling"]["temperature"] == 1.0
         # the receipt's sampling is the tool's own arguments: replay it
         adapters = [{"name": a["name"], "scale": a["scale"]} for a in receipt["adapters"]]

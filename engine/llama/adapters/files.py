@@ -1,14 +1,15 @@
 """Where adapter files may come from: only inside the configured adapter directories.
 
-An agent names a file; the server must never open anything outside those directories: absolute
-paths elsewhere, `..`, and symlinks that resolve outside are refused. The file is then opened once,
-without following a final symlink, and read whole; those bytes are validated and handed to llama.cpp
-(from memory), so the file checked is the file loaded.
+An agent names a file or a folder (PEFT, mlx-lm); the server must never open anything outside those
+directories: absolute paths elsewhere, `..`, and symlinks that resolve outside are refused, for a folder's
+files too. A file is then opened once, without following a final symlink, and read whole; those bytes
+are validated and handed to llama.cpp (from memory), so the file checked is the file loaded.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from pathlib import Path
 from engine.errors import InvalidRequest, bounded, listed
 
 MAX_ADAPTER_BYTES = 4 << 30
+ADAPTER_CONFIG = "adapter_config.json"  # what makes a folder an adapter (PEFT or mlx-lm)
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # an adapter's name: never a path
 
 
 class AdapterPathError(InvalidRequest):
@@ -29,7 +32,6 @@ class AdapterFileBytes:
 
     path: Path  # the real path, inside an adapter directory
     data: bytes
-    identity: tuple[int, int]  # (st_dev, st_ino): "the same file", for idempotent loads
 
     @property
     def size(self) -> int:
@@ -61,7 +63,7 @@ def read_adapter_file(real: Path, display: str) -> AdapterFileBytes:
             data = f.read(MAX_ADAPTER_BYTES + 1)
     finally:
         os.close(fd)
-    return AdapterFileBytes(real, data, (info.st_dev, info.st_ino))
+    return AdapterFileBytes(real, data)
 
 
 class AdapterDirectories:
@@ -96,26 +98,56 @@ class AdapterDirectories:
                     f"{shown(requested)} is outside the adapter directories (symlinks may not leave them); "
                     + self._hint()
                 )
-            if real.is_dir():
-                raise AdapterPathError(f"{shown(requested)} is a directory, not an adapter file; {self._hint()}")
             return real
         raise AdapterPathError(f"no adapter file {shown(requested)} in the adapter directories; {self._hint()}")
 
-    def read(self, requested: str) -> AdapterFileBytes:
-        return read_adapter_file(self.resolve(requested), requested)
+    def read_inside(self, path: Path) -> AdapterFileBytes:
+        """Read a file of a folder already resolved inside an adapter directory: the file itself (a
+        symlink, as in a Hugging Face cache snapshot) must resolve inside one too."""
+        try:
+            real = path.resolve()
+        except (RuntimeError, OSError):
+            raise AdapterPathError(f"{shown(path.name)} is a symlink loop") from None
+        if not any(real.is_relative_to(root) for root in self.roots):
+            raise AdapterPathError(f"{shown(path.name)} links outside the adapter directories")
+        return read_adapter_file(real, path.name)
+
+    def find(self, name: str) -> str | None:
+        """The adapter an agent means by a bare name: NAME.gguf, or a folder NAME/ holding an adapter
+        (adapter_config.json), at the top of an adapter directory; None if there is none."""
+        if not NAME_PATTERN.match(name):
+            return None
+        for root in self.roots:
+            for candidate, relative in ((root / f"{name}.gguf", f"{name}.gguf"), (root / name, f"{name}/")):
+                try:
+                    real = candidate.resolve()
+                    if not real.is_relative_to(root):
+                        continue
+                    if real.is_file() if relative.endswith(".gguf") else (real / ADAPTER_CONFIG).is_file():
+                        return relative.rstrip("/")
+                except (RuntimeError, OSError):  # a symlink loop
+                    continue
+        return None
 
     def available(self, limit: int = 200) -> list[str]:
-        """GGUF files an agent may load, as paths relative to their adapter directory."""
+        """What an agent may load: GGUF files, and adapter folders (shown with a trailing '/'), as paths
+        relative to their adapter directory."""
         found: list[str] = []
         for root in self.roots:
             if root.is_dir():
-                for p in sorted(root.rglob("*.gguf")):
+                for p in sorted(root.rglob("*")):
+                    if p.name == ADAPTER_CONFIG:
+                        p, shown_as = p.parent, "{}/"
+                    elif p.suffix == ".gguf":
+                        shown_as = "{}"
+                    else:
+                        continue
                     try:
-                        inside = p.is_file() and p.resolve().is_relative_to(root)
+                        inside = p.resolve().is_relative_to(root) and (p.is_file() or p.is_dir())
                     except (RuntimeError, OSError):  # a symlink loop
                         continue
-                    if inside:
-                        found.append(str(p.relative_to(root)))
+                    if inside and p != root:
+                        found.append(shown_as.format(p.relative_to(root)))
                         if len(found) >= limit:
                             return found
         return found

@@ -10,7 +10,6 @@ import ctypes
 import ctypes.util
 import hashlib
 import logging
-import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,8 +20,8 @@ import llama_cpp
 from engine.config import EngineConfig
 from engine.errors import EngineError, EngineFailure, NonFiniteOutput
 from engine.info import Capabilities, ModelInfo
+from engine.llama.adapters.base_model import AdapterBase
 from engine.llama.adapters.files import AdapterFileBytes
-from engine.llama.adapters.gguf_header import read_gguf_header
 from engine.llama.adapters.validation import AdapterFileError
 from engine.llama.cpp import patch as llama_patch
 from engine.llama.cpp.constraints import TokenMask
@@ -187,8 +186,9 @@ class LlamaRunner:
             try:
                 output.sampled.append((seq, self._samplers[seq.request_id].sample(row)))
             except NonFiniteLogits:
-                logger.warning("request %d: non-finite logits (adapters %s)", seq.request_id, seq.adapter_key)
-                output.failed.append((seq, _non_finite(seq.adapter_key, len(seq.completion_tokens))))
+                named = tuple((use.name, use.scale) for use in seq.adapters_used)
+                logger.warning("request %d: non-finite logits (adapters %s)", seq.request_id, named)
+                output.failed.append((seq, _non_finite(named, len(seq.completion_tokens))))
             except EngineError as exc:  # the request's own (its constraint could not go on)
                 logger.info("request %d failed while sampling: %s", seq.request_id, exc)
                 output.failed.append((seq, exc))
@@ -215,10 +215,8 @@ class LlamaRunner:
 
     # -- LoRA adapters ----------------------------------------------------------------------------------
 
-    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
-        with open(self.model_path, "rb") as f:
-            header = read_gguf_header(f, os.fstat(f.fileno()).st_size)
-        return {t.name: t.shape for t in header.tensors}
+    def adapter_base(self) -> AdapterBase:
+        return AdapterBase.from_model_file(self.model_path)
 
     def load_adapter(self, file: AdapterFileBytes) -> Any:
         """Load the validated bytes from memory (fmemopen): no file I/O here, and no swap since validation."""

@@ -6,7 +6,8 @@ Only free slots hold cached KV, so the cache never takes a slot from a request: 
 warm slot when it needs one (and its entry is forgotten). A hit copies the warm slot's KV into the new
 request's slot (one cross-stream copy inside llama.cpp, done before the next compute), then cuts it
 back to the shared prefix; a warm slot that is itself the new slot is only cut. KV depends on the
-adapters applied, so a hit needs the same adapter set, scales included. Entries past the cell budget
+adapters applied, so a hit needs the same adapter set, scales and versions included (the core keys a
+sequence by name@content: after a reload, the old version's entries never match). Entries past the cell budget
 are forgotten least recently used first (their cells are cleared when the slot is next taken).
 """
 

@@ -26,15 +26,18 @@ class Sequence:
     request_id: int
     prompt_tokens: list[int]
     sampling: SamplingParams
+    # the adapter set: as requested until admission, then by version (name@content, scale), which is what
+    # grouping and the prefix cache compare
     adapter_key: AdapterKey
     max_new_tokens: int  # sampling.max_tokens clamped to the sequence's context
     submitted_at: float
     deadline: float
 
-    adapters_used: tuple[tuple[str, str, float], ...] = ()  # (name, sha256, scale), fixed at admission
+    adapters_used: tuple[AdapterUse, ...] = ()  # by hash, with scales: fixed at admission
     # the adapter set as the runner applies it, (handle, scale) pairs, fixed at admission: held adapters
     # cannot be unloaded, so the handles stay valid while the sequence lives
     adapter_handles: list[tuple[Any, float]] = field(default_factory=list)
+    adapter_hold: Any = ()  # the registry's hold on those versions, released when the sequence ends
     status: SeqStatus = SeqStatus.WAITING
     seq_id: int = -1
     num_prefilled: int = 0
@@ -139,7 +142,7 @@ class Sequence:
             receipt=Receipt(
                 model=model.name,
                 model_sha256=model.sha256,
-                adapters=[AdapterUse(name=n, sha256=h, scale=scale) for n, h, scale in self.adapters_used],
+                adapters=list(self.adapters_used),
                 seed=self.sampling.seed if self.sampling.seed is not None else 0,
                 sampling=self.sampling,
             ),

@@ -15,7 +15,7 @@ import pytest
 from engine import AdapterRef, ChatMessage, EngineConfig, GenerateRequest, InvalidRequest, SamplingParams
 from engine.default_model import default_model_path
 from engine.llama import LlamaEngine
-from tests.adapter_factory import write_lora
+from tests.adapter_factory import slow_adapter_reads, write_lora
 
 pytestmark = pytest.mark.anyio
 
@@ -54,9 +54,9 @@ async def test_load_reports_metadata_and_is_idempotent(lora_engine: LlamaEngine,
         info.path == str(adapter_dir / "lora3.gguf") and info.file_size == (adapter_dir / "lora3.gguf").stat().st_size
     )
     again = await lora_engine.load_adapter("meta", "lora3.gguf")
-    assert not again.newly_loaded and again.adapter.loaded_at == info.loaded_at
-    with pytest.raises(InvalidRequest, match="already loaded from"):
-        await lora_engine.load_adapter("meta", "lora2.gguf")
+    assert not again.newly_loaded and again.adapter.loaded_at == info.loaded_at and again.adapter.version == 1
+    other = await lora_engine.load_adapter("meta", "lora2.gguf")  # other content: a new version
+    assert other.newly_loaded and other.adapter.version == 2 and other.replaced_sha256 == info.sha256
     await lora_engine.unload_adapter("meta")
     assert "meta" not in {a.name for a in (await lora_engine.list_adapters()).adapters}
 
@@ -201,7 +201,7 @@ def _bad_files(d: Path) -> dict[str, tuple[str, str]]:
         "unknown_tensor.gguf": ("adapts blk.99", "does not have"),
         "missing_b.gguf": ("lora_a without lora_b", "to pair with"),
         "not_lora.gguf": ("adapter.type = control_vector", "only 'lora' adapters"),
-        "a_directory.gguf": ("a directory", "is a directory"),
+        "a_directory.gguf": ("a directory", "is a folder without adapter_config.json"),
     }
 
 
@@ -322,15 +322,7 @@ async def test_fifos_and_devices_are_refused_without_blocking(
 async def test_streams_keep_generating_while_an_adapter_file_is_read_slowly(
     lora_engine: LlamaEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import engine.llama.adapters.files as adapter_files
-
-    read = adapter_files.read_adapter_file
-
-    def slow_read(real: Path, display: str) -> object:
-        time.sleep(1.5)  # a slow network mount
-        return read(real, display)
-
-    monkeypatch.setattr(adapter_files, "read_adapter_file", slow_read)
+    slow_adapter_reads(monkeypatch, 1.5)
     sampling = SamplingParams(temperature=0.0, max_tokens=2000, ignore_eos=True)
     arrivals: list[float] = []
     window: list[float] = []

@@ -344,7 +344,7 @@ def test_an_adapter_command_that_breaks_fails_alone() -> None:
 
     runner.load_adapter = broken_load  # type: ignore[method-assign]
     checked = CheckedAdapterFile(
-        "x", AdapterFileBytes(Path("x.gguf"), b"", (0, 0)), AdapterFileInfo("fake", 8, 16.0, (), 2), "0" * 64
+        "x", AdapterFileBytes(Path("x.gguf"), b""), AdapterFileInfo("fake", 8, 16.0, (), 2), "0" * 64
     )
     core.handle(LoadAdapter(1, checked))
     add(core, preparer, 2, "still serving")
@@ -414,7 +414,7 @@ def test_no_prefix_hit_crosses_adapter_sets_or_falls_below_the_minimum() -> None
 
     core, runner, preparer, _ = make_core(max_sequences=2, prefix_cache_cells=4096)
     core.handle(LoadAdapter(1, CheckedAdapterFile(
-        "a", AdapterFileBytes(Path("a.gguf"), b"", (0, 0)), AdapterFileInfo("fake", 8, 16.0, (), 2), "0" * 64
+        "a", AdapterFileBytes(Path("a.gguf"), b""), AdapterFileInfo("fake", 8, 16.0, (), 2), "0" * 64
     )))  # fmt: skip
     system = "Shared instructions for every call, long enough. " * 2
     add(core, preparer, 1, system + "one")
