@@ -77,5 +77,9 @@ class ConstraintFailed(InvalidRequest):
     pass
 
 
+class OutputMismatch(ConstraintFailed):
+    """The finished output does not satisfy the request's schema (a keyword that was not enforced)."""
+
+
 class NonFiniteOutput(InvalidRequest):
     pass

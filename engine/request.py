@@ -120,6 +120,12 @@ class GenerateRequest(BaseModel):
         description="A JSON Schema the output must satisfy: the text is valid JSON for it (unless cut by "
         "max_tokens), and the result carries the parsed value as `json`.",
     )
+    json_schema_strict: bool = Field(
+        False,
+        description="True: refuse a schema unless every keyword of it can be enforced token by token (OpenAI's "
+        "`strict`). False: enforce what can be, and check the finished output against the whole schema (an "
+        "output that fails is an error naming the keyword).",
+    )
     grammar: str | None = Field(
         None,
         min_length=1,

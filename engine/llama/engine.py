@@ -30,6 +30,7 @@ from engine.errors import (
     EngineFailure,
     EngineStopped,
     InvalidRequest,
+    OutputMismatch,
     UnknownAdapter,
     listed,
 )
@@ -71,11 +72,13 @@ from engine.llama.preparation import RequestPreparer
 from engine.llama.runner import ModelRunner
 from engine.request import GenerateRequest
 from engine.result import GenerationResult, TextDelta
+from engine.schema_check import output_problem
 
 logger = logging.getLogger(__name__)
 
 R = TypeVar("R")
 ADAPTER_READ_TIMEOUT_S = 30.0
+OUTPUT_CHECK_TIMEOUT_S = 10.0  # a schema's regexes run on the output: a pathological one must not hang a call
 StreamEvent = TextDelta | GenerationResult | EngineError
 
 
@@ -376,7 +379,8 @@ class LlamaEngine:
                 self._adapter_counts["evictions"] += 1
                 logger.info("adapter %s evicted (least recently used) to make room for %s", victim, name)
             loaded = await self._call(LoadAdapter(next(self._ids), checked, pin, expect_sha256))
-        self._sources[name] = AdapterSource(path, trusted, checked.file.path, checked.signature)
+        if self.config.watch_adapters:
+            self._sources[name] = AdapterSource(path, trusted, checked.file.path, checked.signature)
         if loaded.replaced_sha256 is not None:
             self._adapter_counts["reloads"] += 1
             logger.info("adapter %s is now version %d (%s)", name, loaded.adapter.version, checked.sha256[:16])
@@ -398,6 +402,8 @@ class LlamaEngine:
                     await self._load_adapter(name, source.requested, trusted=source.trusted)
                 except EngineError as exc:
                     logger.warning("adapter %s changed on disk but was not reloaded: %s", name, exc)
+                except Exception:  # a bug must not end the watching
+                    logger.exception("reloading adapter %s failed", name)
 
     async def unload_adapter(self, name: str) -> AdapterInfo:
         await self._ready_core()
@@ -550,10 +556,24 @@ class RequestStream:
                 self._status = GENERATING
                 yield event
             elif isinstance(event, GenerationResult):
+                if self.request.json_schema is not None and event.finish_reason == "stop":
+                    await self._check_output(event.text)
                 self.result = event
                 return
             else:
                 raise event
+
+    async def _check_output(self, text: str) -> None:
+        """The finished output against the whole schema, in a worker thread (a schema's regexes run there)."""
+        assert self.request.json_schema is not None
+        schema = self.request.json_schema
+        try:
+            with anyio.fail_after(OUTPUT_CHECK_TIMEOUT_S):
+                problem = await anyio.to_thread.run_sync(output_problem, schema, text, abandon_on_cancel=True)
+        except TimeoutError:
+            problem = f"the output could not be checked against the schema within {OUTPUT_CHECK_TIMEOUT_S:g} s"
+        if problem is not None:
+            raise OutputMismatch(problem)
 
     def _push(self, event: StreamEvent) -> None:
         try:

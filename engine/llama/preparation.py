@@ -17,6 +17,7 @@ from engine.llama.cpp.constraints import ConstraintCompiler
 from engine.llama.scheduling.prepared import PreparedRequest
 from engine.llama.vocab import Vocab
 from engine.request import GenerateRequest
+from engine.schema_check import schema_validator
 
 
 class RequestPreparer:
@@ -48,7 +49,11 @@ class RequestPreparer:
         if request.json_schema is not None or request.grammar is not None:
             if self._constraints is None:
                 raise InvalidRequest("this engine cannot constrain output: drop json_schema and grammar")
-            constraint = self._constraints.matcher(json_schema=request.json_schema, grammar=request.grammar)
+            if request.json_schema is not None:
+                schema_validator(request.json_schema)  # not a valid JSON Schema: refused before any work
+            constraint = self._constraints.matcher(
+                json_schema=request.json_schema, grammar=request.grammar, strict=request.json_schema_strict
+            )
         return PreparedRequest(
             constraint=constraint,
             request_id=request_id,

@@ -95,7 +95,11 @@ class Completions:
             sampling_fields["max_tokens"] = req.max_tokens
         try:
             sampling = SamplingParams(**sampling_fields)
-            constraint = {"json_schema": req.output_schema, "grammar": req.grammar}
+            constraint = {
+                "json_schema": req.output_schema,
+                "json_schema_strict": req.output_schema_strict,
+                "grammar": req.grammar,
+            }
             if isinstance(req, CompletionRequest):
                 request = GenerateRequest(prompt=req.text, sampling=sampling, adapters=adapters, **constraint)
             else:

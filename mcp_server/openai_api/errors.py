@@ -20,6 +20,7 @@ from engine import (
     EngineError,
     EngineStopped,
     InvalidRequest,
+    OutputMismatch,
     RequestTimedOut,
     UnknownAdapter,
 )
@@ -102,6 +103,8 @@ def from_engine(exc: EngineError) -> OpenAIError:
         return OpenAIError(409, str(exc), code="adapter_in_use")
     if isinstance(exc, AdapterVersionMismatch):
         return OpenAIError(409, str(exc), code="adapter_version_mismatch")
+    if isinstance(exc, OutputMismatch):
+        return OpenAIError(400, str(exc), param="response_format", code="output_does_not_match_schema")
     if isinstance(exc, ConstraintFailed):
         return OpenAIError(400, str(exc), param="response_format", code="constraint_failed")
     if isinstance(exc, InvalidRequest):

@@ -65,7 +65,9 @@ class JsonSchemaFormat(BaseModel):
     name: str = Field(max_length=64)
     schema_: dict[str, Any] = Field(alias="schema")
     description: str | None = None
-    strict: bool | None = None  # always enforced here
+    # true: refused unless every keyword can be enforced token by token; absent or false: what can be is,
+    # and the finished output is checked against the whole schema
+    strict: bool | None = None
 
 
 class ResponseFormat(BaseModel):
@@ -73,17 +75,21 @@ class ResponseFormat(BaseModel):
 
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
+    # llama-server's form, which older instructor releases send: {"type": "json_object", "schema": {...}}
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
 
     @model_validator(mode="after")
     def _schema_given(self) -> ResponseFormat:
         if (self.type == "json_schema") != (self.json_schema is not None):
             raise ValueError("`json_schema` is required with type json_schema, and only then")
+        if self.schema_ is not None and self.type != "json_object":
+            raise ValueError("`schema` goes with type json_object; with json_schema, give `json_schema.schema`")
         return self
 
     @property
     def output_schema(self) -> dict[str, Any] | None:
         if self.type == "json_object":
-            return {"type": "object"}
+            return self.schema_ if self.schema_ is not None else {"type": "object"}
         return self.json_schema.schema_ if self.json_schema is not None else None
 
 
@@ -192,6 +198,10 @@ class CompletionRequest(_Common):
     def output_schema(self) -> dict[str, Any] | None:
         return self.json_schema
 
+    @property
+    def output_schema_strict(self) -> bool:
+        return False
+
 
 class ChatCompletionRequest(_Common):
     messages: list[Message] = Field(min_length=1)
@@ -223,6 +233,12 @@ class ChatCompletionRequest(_Common):
         if self.response_format is not None and self.response_format.output_schema is not None:
             return self.response_format.output_schema
         return self.json_schema
+
+    @property
+    def output_schema_strict(self) -> bool:
+        """OpenAI's `json_schema.strict`; llama-server's forms (`json_schema`, json_object's `schema`) are not."""
+        fmt = self.response_format
+        return bool(fmt is not None and fmt.json_schema is not None and fmt.json_schema.strict)
 
     @property
     def token_limit(self) -> int | None:

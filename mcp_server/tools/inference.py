@@ -82,6 +82,7 @@ TOOL_PARAMETERS: dict[str, tuple[Any, Any]] = {
     ),
     **{name: _from_field(field) for name, field in SamplingParams.model_fields.items()},
     "json_schema": _from_field(_request["json_schema"]),
+    "json_schema_strict": _from_field(_request["json_schema_strict"]),
     "grammar": _from_field(_request["grammar"]),
     "adapters": _from_field(_request["adapters"], optional=True),
     "adapter": _from_field(
@@ -229,7 +230,11 @@ def _request_from(arguments: dict[str, Any]) -> GenerateRequest:
     adapters = arguments["adapters"] or ()
     if arguments["adapter"] is not None:
         adapters = (AdapterRef(name=arguments["adapter"]),)
-    constraint = {"json_schema": arguments["json_schema"], "grammar": arguments["grammar"]}
+    constraint = {
+        "json_schema": arguments["json_schema"],
+        "json_schema_strict": arguments["json_schema_strict"],
+        "grammar": arguments["grammar"],
+    }
     try:
         sampling = SamplingParams(**{name: arguments[name] for name in SamplingParams.model_fields})
         if arguments["raw"]:

@@ -13,7 +13,15 @@ import openai
 import pytest
 from mcp import Client
 
-from engine import AdapterRef, ChatMessage, EngineConfig, GenerateRequest, InvalidRequest, SamplingParams
+from engine import (
+    AdapterRef,
+    ChatMessage,
+    EngineConfig,
+    GenerateRequest,
+    InvalidRequest,
+    OutputMismatch,
+    SamplingParams,
+)
 from engine.config import default_adapter_dir
 from engine.llama import LlamaEngine
 from tests.http_server import http_server
@@ -32,13 +40,14 @@ async def json_engine(anyio_backend: str) -> AsyncIterator[LlamaEngine]:
 
 
 def constrained(
-    schema: dict[str, Any] | None = None, *, adapter: str | None = None, **sampling: Any
+    schema: dict[str, Any] | None = None, *, adapter: str | None = None, strict: bool = False, **sampling: Any
 ) -> GenerateRequest:
     return GenerateRequest(
         messages=ASK,
         sampling=SamplingParams(**({"max_tokens": 400, "temperature": 0.0} | sampling)),
         adapters=(AdapterRef(name=adapter),) if adapter else (),
         json_schema=schema,
+        json_schema_strict=strict,
     )
 
 
@@ -88,22 +97,45 @@ async def test_a_gbnf_grammar_is_followed(json_engine: LlamaEngine) -> None:
 
 
 @pytest.mark.parametrize(
-    ("schema", "grammar", "words"),
+    ("schema", "grammar", "strict", "words"),
     [
-        ({"type": "object", "if": {"required": ["a"]}}, None, '"if"'),
-        ({"type": "strng"}, None, "strng"),
-        ({"type": "integer", "minimum": 5, "maximum": 3}, None, "minimum"),
-        ({"$ref": "#/definitions/nope"}, None, "/definitions/nope"),
-        (None, "root ::= missing", "missing"),
+        ({"type": "object", "if": {"required": ["a"]}}, None, True, '"if"'),  # strict: what cannot be enforced
+        ({"type": "strng"}, None, False, "strng"),  # not a valid schema
+        ({"type": "integer", "minimum": 5, "maximum": 3}, None, False, "minimum"),  # unsatisfiable
+        ({"$ref": "#/definitions/nope"}, None, False, "/definitions/nope"),
+        (None, "root ::= missing", False, "missing"),
     ],
 )
 async def test_an_invalid_or_unsupported_constraint_is_a_clear_error(
-    json_engine: LlamaEngine, schema: dict[str, Any] | None, grammar: str | None, words: str
+    json_engine: LlamaEngine, schema: dict[str, Any] | None, grammar: str | None, strict: bool, words: str
 ) -> None:
-    request = GenerateRequest(messages=ASK, json_schema=schema, grammar=grammar)
+    request = GenerateRequest(messages=ASK, json_schema=schema, json_schema_strict=strict, grammar=grammar)
     with pytest.raises(InvalidRequest, match=r"json_schema|grammar") as caught:
         await json_engine.complete(request)
     assert words in str(caught.value) and len(str(caught.value)) < 500
+
+
+async def test_keywords_that_cannot_be_enforced_are_checked_on_the_output(json_engine: LlamaEngine) -> None:
+    """Not strict: `not` is not enforced token by token, so a string comes out, and the check of the output
+    fails it naming `not`; `uniqueItems`, `if`/`then`, a look-around regex and `oneOf` run, and whatever
+    comes out either satisfies the whole schema or is an error naming the keyword: never an invalid success."""
+    with pytest.raises(OutputMismatch, match="`not`"):
+        await json_engine.complete(constrained({"type": "string", "not": {"type": "string"}}))
+    schemas = [
+        {"type": "array", "items": {"type": "integer"}, "uniqueItems": True, "minItems": 2, "maxItems": 4},
+        {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"],
+         "if": {"properties": {"a": {"minimum": 10}}}, "then": {"properties": {"a": {"multipleOf": 2}}}},
+        {"type": "string", "pattern": "^(?=.*x).{1,12}$"},
+        {"$schema": "http://json-schema.org/schema", "oneOf": [{"type": "integer"}, {"type": "boolean"}]},
+    ]  # fmt: skip
+    for schema in schemas:
+        try:
+            result = await json_engine.complete(constrained(schema, max_tokens=60))
+        except OutputMismatch as exc:
+            assert any(f"`{k}`" in str(exc) for k in ("uniqueItems", "multipleOf", "pattern", "oneOf")), exc
+        else:
+            assert result.finish_reason == "stop"
+            jsonschema.validate(json.loads(result.text), {k: v for k, v in schema.items() if k != "$schema"})
 
 
 # -- over MCP and the OpenAI API ------------------------------------------------------------------------
@@ -136,8 +168,13 @@ async def test_the_tool_returns_the_parsed_value_and_says_when_max_tokens_cut_it
             "llm_inference", {"prompt": "Describe a person.", "json_schema": PERSON, "max_tokens": 3}
         )
         assert cut.is_error and "cut off after 3 tokens" in cut.content[0].text  # type: ignore[union-attr]
-        bad = await client.call_tool("llm_inference", {"prompt": "x", "json_schema": {"type": "object", "if": {}}})
+        strict = {"prompt": "x", "json_schema": {"type": "object", "if": {}}, "json_schema_strict": True}
+        bad = await client.call_tool("llm_inference", strict)
         assert bad.is_error and '"if"' in bad.content[0].text  # type: ignore[union-attr]
+        broken = await client.call_tool(
+            "llm_inference", {"prompt": "x", "json_schema": {"type": "string", "not": {"type": "string"}}}
+        )
+        assert broken.is_error and "`not`" in broken.content[0].text  # type: ignore[union-attr]
         plain = await client.call_tool("llm_inference", {"prompt": "Say hi.", "max_tokens": 4})
         assert plain.structured_content["json"] is None  # type: ignore[index]
 
@@ -159,9 +196,17 @@ def test_openai_response_format_json_schema_and_json_object(base_url: str) -> No
         temperature=0,
     )
     assert isinstance(json.loads(anything.choices[0].message.content or ""), dict)
+    # llama-server's form, which older instructor releases send: json_object with a schema
+    shaped = client.chat.completions.create(
+        model=base,
+        messages=[{"role": "user", "content": "Describe a person."}],
+        response_format={"type": "json_object", "schema": PERSON},  # type: ignore[typeddict-unknown-key]
+        max_tokens=300,
+    )
+    jsonschema.validate(json.loads(shaped.choices[0].message.content or ""), PERSON)
     with pytest.raises(openai.BadRequestError, match='"if"'):
         client.chat.completions.create(
             model=base,
             messages=[{"role": "user", "content": "x"}],
-            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"if": {}}}},
+            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"if": {}}, "strict": True}},
         )

@@ -116,6 +116,8 @@ def validate_adapter(
                 f"{where}: {base_name} has shape {list(base)} but its LoRA tensors are {list(a)} and {list(b)} "
                 f"(expected [{base[0]}, r] and [r, {base[1] if len(base) > 1 else '?'}])"
             )
+        if a[1] == 0:  # llama.cpp scales by alpha / rank: infinity, and infinity x 0 is NaN on other rows
+            raise AdapterFileError(f"{where}: {base_name} has LoRA rank 0; an adapter's rank must be at least 1")
         ranks.add(a[1])
         parts = base_name.split(".")
         modules.add(parts[2] if len(parts) > 3 and parts[0] == "blk" else base_name)

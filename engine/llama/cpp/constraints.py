@@ -20,6 +20,7 @@ import json
 import threading
 import warnings
 from typing import Any
+from urllib.parse import urlsplit
 
 import llama_cpp
 import llguidance
@@ -36,6 +37,15 @@ LIMITS = llguidance.LLParserLimits(verbose_errors=False)
 # JSON on one line, with a space after ':' and ','. With JSON's free whitespace allowed, a small model
 # can emit newlines until max_tokens (seen here); a schema's own "x-guidance" overrides this.
 JSON_LAYOUT = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}
+# not strict: unknown keywords ignored (the output is validated after), oneOf enforced as anyOf (sound with
+# that validation: an output matching two branches fails it)
+LENIENT_LAYOUT = JSON_LAYOUT | {"lenient": True, "coerce_one_of": True}
+# what a looser attempt drops: regexes llguidance's engine cannot run (look-around, backreferences) and
+# formats it does not know; the validation of the output still checks them
+_REGEX_KEYWORDS = frozenset({"pattern", "patternProperties", "propertyNames", "format"})
+# llguidance's reasons for a schema it cannot enforce (rather than one that is wrong, or past its size limits,
+# like `a{99999999}`): a looser try follows
+_CANNOT_ENFORCE = ("regex parse error", "not supported", "unsupported", "Unimplemented", "Unknown format")
 
 
 class ConstraintCompiler:
@@ -51,32 +61,56 @@ class ConstraintCompiler:
             size_of=lambda key, grammar: len(key[1]) + len(grammar),  # characters: ~bytes, mostly ASCII
         )
 
-    def matcher(self, *, json_schema: dict[str, Any] | None, grammar: str | None) -> llguidance.LLMatcher | None:
-        """A matcher for one request (None without a constraint); InvalidRequest naming the problem."""
+    def matcher(
+        self, *, json_schema: dict[str, Any] | None, grammar: str | None, strict: bool = True
+    ) -> llguidance.LLMatcher | None:
+        """A matcher for one request (None without a constraint); InvalidRequest naming the problem.
+
+        `strict`: a schema with any part llguidance cannot enforce is refused. Otherwise what it can enforce
+        is (keywords it does not implement are left to the validation of the finished output,
+        engine/schema_check.py), and a schema it cannot compile at all is enforced more loosely: without
+        its regexes and formats, then as its top-level type, then as any JSON value."""
         if json_schema is None and grammar is None:
             return None
-        if grammar is None:
-            kind, text = "json_schema", json.dumps({"x-guidance": JSON_LAYOUT} | json_schema)
-        else:
-            kind, text = "grammar", grammar
+        if grammar is not None:
+            return self._matcher_for("grammar", grammar, refuse_unsupported=True)
+        schema = _without_meta_schema(json_schema)
+        if strict:
+            return self._matcher_for("json_schema", json.dumps({"x-guidance": JSON_LAYOUT} | schema), True)
+        first: InvalidRequest | None = None
+        for candidate in _looser(schema):
+            try:
+                text = json.dumps({"x-guidance": LENIENT_LAYOUT} | candidate)
+                return self._matcher_for("json_schema", text, refuse_unsupported=False)
+            except InvalidRequest as exc:
+                if not any(words in str(exc) for words in _CANNOT_ENFORCE):
+                    raise  # the schema itself is wrong (unsatisfiable, a dangling $ref): say so now
+                first = first or exc
+        assert first is not None
+        raise first
+
+    def _matcher_for(self, kind: str, text: str, refuse_unsupported: bool) -> llguidance.LLMatcher:
         try:
-            compiled = self._grammars.get_or_make((kind, text), lambda: self._compile(kind, text))
+            compiled = self._grammars.get_or_make(
+                (kind, text, refuse_unsupported), lambda: self._compile(kind, text, refuse_unsupported)
+            )
             return self._new_matcher(kind, compiled)
         except BaseException as exc:
             if not is_panic(exc):
                 raise
             raise InvalidRequest(_describe(kind, "the compiler failed on it (llguidance panicked)")) from None
 
-    def _compile(self, kind: str, text: str) -> str:
-        """Schema or grammar text → llguidance's grammar. Keywords llguidance would ignore are refused (a
-        schema must mean what it says), and so is a grammar whose first token already fails."""
+    def _compile(self, kind: str, text: str, refuse_unsupported: bool) -> str:
+        """Schema or grammar text → llguidance's grammar. Keywords llguidance would ignore are refused when
+        `refuse_unsupported` (a strict schema must mean what it says), and so is a grammar whose first token
+        already fails."""
         try:
             grammar = llguidance.grammar_from(kind, text)
         except Exception as exc:  # ValueError, and bare Exceptions from its GBNF converter
             raise InvalidRequest(_describe(kind, str(exc))) from None
         _, warnings = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
         unsupported = [w for w in warnings if "Unimplemented" in w or "unsupported" in w.lower()]
-        if unsupported:
+        if unsupported and refuse_unsupported:
             raise InvalidRequest(_describe(kind, unsupported[0]))
         probe = self._new_matcher(kind, grammar)
         mask = np.frombuffer(probe.compute_bitmask(), dtype=np.uint8)
@@ -108,8 +142,72 @@ def is_panic(exc: BaseException) -> bool:
     return type(exc).__name__ == "PanicException"
 
 
+def _without_meta_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema without a `$schema` naming one of json-schema.org's meta-schemas: llguidance resolves it as
+    a reference it cannot fetch, and refuses the generic `http://json-schema.org/schema` that any validator
+    takes. Which draft a schema is written in does not change what llguidance enforces."""
+    meta = schema.get("$schema")
+    if isinstance(meta, str) and urlsplit(meta).netloc == "json-schema.org":
+        return {k: v for k, v in schema.items() if k != "$schema"}
+    return schema
+
+
+def _looser(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    """The schema, then looser versions of it to enforce when it cannot be compiled as it is."""
+    candidates = [schema, _without(schema, _REGEX_KEYWORDS)]
+    top = schema.get("type")
+    if isinstance(top, str) or (isinstance(top, list) and all(isinstance(t, str) for t in top)):
+        candidates.append({"type": top})
+    candidates.append({})
+    unique: list[dict[str, Any]] = []
+    for candidate in candidates:
+        if candidate not in unique:
+            unique.append(candidate)
+    return unique
+
+
+def _without(value: Any, keywords: frozenset[str]) -> Any:
+    """`value` with those keywords dropped from every schema in it. Maps of names to schemas keep their
+    names (a property may be called "pattern"), and values (enum, const, …) are left as they are."""
+    if isinstance(value, list):
+        return [_without(v, keywords) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if key in keywords:
+            continue
+        if key in _NAMED_SCHEMAS and isinstance(item, dict):
+            out[key] = {name: _without(sub, keywords) for name, sub in item.items()}
+        else:
+            out[key] = item if key in _VALUES else _without(item, keywords)
+    return out
+
+
+_NAMED_SCHEMAS = frozenset({"properties", "$defs", "definitions", "dependentSchemas"})
+_VALUES = frozenset({"enum", "const", "examples", "default"})
+
+
+def _one_line(problem: str) -> str:
+    """llguidance's reason on one line, whole: "regex parse error:" alone says nothing, the why is its last
+    line ("error: look-around … is not supported"), with the offending pattern in between."""
+    lines = [line.strip() for line in problem.strip().splitlines() if line.strip()]
+    if not lines:
+        return "it could not be compiled"
+    head = lines[0]
+    if head.endswith(":") and len(lines) > 1:
+        why = next((line for line in reversed(lines) if line.startswith("error:")), lines[-1])
+        return f"{head} {why.removeprefix('error:').strip()} (in {lines[1][:120]!r})"
+    if "is not present in a registry" in head:  # a $ref to another document, which nobody fetches
+        ref = head.split("'")[1] if head.count("'") >= 2 else "another document"
+        return f"it refers to {ref!r}, which this server does not fetch: put that schema under $defs"
+    if "coerce_one_of" in head:  # an llguidance option the caller cannot set
+        return "`oneOf` is not supported; use `anyOf` (the same whenever no value can match two branches)"
+    return head
+
+
 def _describe(kind: str, problem: str) -> str:
-    problem = problem.strip().splitlines()[0] if problem.strip() else "it could not be compiled"
+    problem = _one_line(problem)
     if kind == "json_schema":
         return f"`json_schema` is not a schema this server can enforce: {problem}"[:480]
     return f"`grammar` is not a valid GBNF or Lark grammar: {problem}"[:480]

@@ -59,6 +59,12 @@ def test_an_absurd_alpha_is_refused(tmp_path: Path, alpha: float) -> None:
         validate(path)
 
 
+def test_rank_zero_is_refused(tmp_path: Path) -> None:
+    """llama.cpp scales by alpha / rank: a rank of 0 would make the scale infinite (NaN on other rows)."""
+    with pytest.raises(AdapterFileError, match="rank 0"):
+        validate(write_lora(tmp_path / "r0.gguf", rank=0, layers=range(2)))
+
+
 @pytest.mark.parametrize("dtype", ["f32", "f16", "bf16", "q8_0"])
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), 1e30])
 def test_non_finite_or_huge_weights_are_refused_naming_the_tensor(tmp_path: Path, dtype: str, value: float) -> None:

@@ -180,6 +180,7 @@ KEY = "base_model.model.model.layers.0.self_attn.q_proj"
         ("not_safetensors", "not a safetensors file"),
         ("int_tensor", "'I32'"),
         ("nan_weight", "NaN"),
+        ("rank_zero", "rank 0"),
     ],
 )
 def test_peft_refusals_name_the_feature(checker: AdapterFileChecker, case: str, match: str) -> None:
@@ -216,6 +217,10 @@ def test_peft_refusals_name_the_feature(checker: AdapterFileChecker, case: str, 
         config["peft_type"] = "LOHA"
     elif case == "nan_weight":
         t[f"{KEY}.lora_B.weight"][0, 0] = np.nan
+    elif case == "rank_zero":
+        config["r"] = 1
+        t = {k: v[:0] if k.endswith("lora_A.weight") else v[:, :0] for k, v in t.items()}
+        config["rank_pattern"] = {}
     write_peft_folder(folder, config=config, tensors=t, bf16=False)
     if case == "pickle":
         (folder / "adapter_model.safetensors").rename(folder / "adapter_model.bin")

@@ -81,3 +81,56 @@ def test_a_schema_that_makes_llguidance_panic_is_a_clear_error(compiler: Constra
     with pytest.raises(InvalidRequest, match="llguidance panicked"):
         compiler.matcher(json_schema=schema, grammar=None)
     assert compiler.matcher(json_schema={"type": "integer"}, grammar=None) is not None  # and it compiles on
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        "http://json-schema.org/schema",
+        "https://json-schema.org/draft/2020-12/schema",
+        "http://json-schema.org/draft-07/schema#",
+        "http://json-schema.org/draft-04/schema#",
+    ],
+)
+def test_json_schema_org_meta_schema_uris_are_accepted(compiler: ConstraintCompiler, meta: str) -> None:
+    """The generic URI was refused: llguidance resolved it as a reference it could not fetch."""
+    assert compiler.matcher(json_schema={"$schema": meta, "type": "object"}, grammar=None) is not None
+
+
+@pytest.mark.parametrize(
+    ("schema", "words", "not_words"),
+    [
+        # llguidance's reason spans lines: "regex parse error:", the pattern, a caret line, "error: why"
+        ({"type": "string", "pattern": "(?<=a)b"}, ["look-around", "(?<=a)b"], []),
+        # it suggests an llguidance option the caller cannot set
+        (
+            {"oneOf": [{"type": "object", "properties": {"a": {}}}, {"type": "object", "properties": {"b": {}}}]},
+            ["`oneOf` is not supported", "anyOf"],
+            ["coerce_one_of"],
+        ),
+    ],
+)
+def test_refusals_give_the_whole_reason_on_one_line(
+    compiler: ConstraintCompiler, schema: dict, words: list[str], not_words: list[str]
+) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        compiler.matcher(json_schema=schema, grammar=None)
+    message = str(caught.value)
+    assert "\n" not in message and all(w in message for w in words), message
+    assert not any(w in message for w in not_words), message
+
+
+def test_a_reference_to_another_document_is_named(compiler: ConstraintCompiler) -> None:
+    with pytest.raises(
+        InvalidRequest, match=r"refers to 'https://example\.com/k8s\.json', which this server does not fetch"
+    ):
+        compiler.matcher(json_schema={"$ref": "https://example.com/k8s.json"}, grammar=None, strict=False)
+
+
+def test_not_strict_falls_back_to_what_can_be_enforced(compiler: ConstraintCompiler) -> None:
+    """A look-around regex cannot be compiled: not strict, the schema is enforced without it (the output is
+    checked against it after); strict, it is refused."""
+    schema = {"type": "object", "properties": {"id": {"type": "string", "pattern": "(?<=a)b"}}, "required": ["id"]}
+    assert compiler.matcher(json_schema=schema, grammar=None, strict=False) is not None
+    with pytest.raises(InvalidRequest, match="look-around"):
+        compiler.matcher(json_schema=schema, grammar=None, strict=True)

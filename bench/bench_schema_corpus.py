@@ -1,0 +1,184 @@
+"""Real-world JSON Schemas, not written here: the SchemaStore schemas check-jsonschema vendors (CI configs,
+compose files, dependabot, renovate, …), each whole and each of its first definitions as a schema of its own.
+
+    .venv/bin/python -m bench.bench_schema_corpus       # writes bench/results/schema_corpus.md (+ .json)
+
+Each schema is asked for once, not strict (OpenAI's default: enforce what can be enforced token by token,
+check the finished output against the whole schema), greedy, on the default model, 8 at a time; and each
+is compiled strict, to count what strict mode refuses. Outcomes: valid (and checked again here with
+jsonschema), refused (a clear error before generating), cut (max_tokens reached first), mismatch (the
+output broke a keyword that was not enforced: an error naming it), invalid success (must be 0), other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import importlib.resources
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import anyio
+from jsonschema import Draft202012Validator, validators
+
+from bench.report import run_stamp, save_report
+from engine import (
+    ChatMessage,
+    EngineConfig,
+    EngineError,
+    GenerateRequest,
+    InvalidRequest,
+    OutputMismatch,
+    SamplingParams,
+)
+from engine.llama import LlamaEngine
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def corpus(defs_per_schema: int) -> list[tuple[str, dict[str, Any], str]]:
+    """(name, schema, what to ask for): every vendored schema, then up to N of its definitions each."""
+    vendor = importlib.resources.files("check_jsonschema") / "builtin_schemas" / "vendor"
+    entries = []
+    for f in sorted(vendor.iterdir(), key=lambda f: f.name):
+        if not f.name.endswith(".json"):
+            continue
+        root = json.loads(f.read_text())
+        stem = f.name.removesuffix(".json")
+        entries.append((stem, root, _topic(root, stem)))
+        defs_key = "$defs" if "$defs" in root else "definitions"
+        for name in sorted(root.get(defs_key) or {})[:defs_per_schema]:
+            sub = {k: v for k, v in root.items() if k in ("$schema", "$id", defs_key)}
+            sub["$ref"] = f"#/{defs_key}/{name}"
+            entries.append((f"{stem}#{name}", sub, _topic(root[defs_key][name], f"{stem} {name}")))
+    return entries
+
+
+def _topic(schema: Any, fallback: str) -> str:
+    if isinstance(schema, dict):
+        for key in ("description", "title"):
+            if isinstance(schema.get(key), str):
+                return schema[key][:200]
+    return fallback
+
+
+def independent_check(schema: dict[str, Any], value: Any) -> bool:
+    """jsonschema's own verdict, set up here, apart from the engine's check."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cls = validators.validator_for(schema, default=Draft202012Validator)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER).is_valid(value)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    entries = corpus(args.defs)
+    config = EngineConfig(max_sequences=8, context_per_sequence=2048)
+    rows: list[dict[str, Any]] = []
+    async with LlamaEngine(config) as engine:
+        preparer = engine._preparer  # strict compile only: counting what strict mode would refuse
+
+        async def one(name: str, schema: dict[str, Any], topic: str) -> None:
+            ask = f"Write an example JSON document for: {topic}"
+            request = GenerateRequest(
+                messages=(ChatMessage(role="user", content=ask),),
+                sampling=SamplingParams(temperature=0.0, max_tokens=args.max_tokens),
+                json_schema=schema,
+            )
+            started = time.perf_counter()
+            row: dict[str, Any] = {"name": name}
+            try:
+                result = await engine.complete(request)
+            except OutputMismatch as exc:
+                row |= {"outcome": "mismatch", "error": str(exc)}
+            except InvalidRequest as exc:
+                row |= {"outcome": "refused", "error": str(exc)}
+            except EngineError as exc:
+                row |= {"outcome": "other", "error": f"{type(exc).__name__}: {exc}"}
+            else:
+                if result.finish_reason == "length":
+                    row["outcome"] = "cut"
+                else:
+                    ok = independent_check(schema, json.loads(result.text))
+                    row["outcome"] = "valid" if ok else "invalid success"
+                row["tokens"] = result.usage.completion_tokens
+            row["seconds"] = time.perf_counter() - started
+            try:
+                strict = request.model_copy(update={"json_schema_strict": True})
+                await anyio.to_thread.run_sync(preparer.prepare, 0, strict, time.monotonic())
+                row["strict"] = "accepted"
+            except InvalidRequest as exc:
+                row["strict"] = "refused"
+                row["strict_error"] = str(exc)
+            rows.append(row)
+            print(f"{row['outcome']:>15} {row['seconds']:6.1f} s  {name}  {row.get('error', '')[:150]}", flush=True)
+
+        limiter = anyio.Semaphore(8)
+
+        async def limited(entry: tuple[str, dict[str, Any], str]) -> None:
+            async with limiter:
+                await one(*entry)
+
+        async with anyio.create_task_group() as tg:
+            for entry in entries:
+                tg.start_soon(limited, entry)
+    rows.sort(key=lambda r: r["name"])
+    return {"rows": rows, "max_tokens": args.max_tokens, "defs": args.defs}
+
+
+def report(results: dict[str, Any], argv: list[str]) -> list[str]:
+    rows = results["rows"]
+    n = len(rows)
+    counts = collections.Counter(r["outcome"] for r in rows)
+    strict = collections.Counter(r["strict"] for r in rows)
+    share = lambda k: f"{counts[k]} ({100 * counts[k] / n:.0f}%)"  # noqa: E731
+    lines = [
+        "# Real-world JSON Schemas (SchemaStore, via check-jsonschema)",
+        "",
+        f"{run_stamp()}. `{' '.join(['python -m bench.bench_schema_corpus', *argv])}`.",
+        "",
+        f"{n} schemas: the {sum('#' not in r['name'] for r in rows)} SchemaStore schemas check-jsonschema vendors, "
+        f"whole, and up to {results['defs']} of each one's definitions as schemas of their own. Not strict "
+        f"(enforce what can be, check the whole output), greedy, max_tokens {results['max_tokens']}, the "
+        "default model (SmolLM2-135M), 8 at a time.",
+        "",
+        "| outcome | schemas |",
+        "|---|---|",
+        f"| valid (checked again here with jsonschema) | {share('valid')} |",
+        f"| refused before generating, with a specific error | {share('refused')} |",
+        f"| cut by max_tokens | {share('cut')} |",
+        f"| output broke a keyword that was not enforced (error naming it) | {share('mismatch')} |",
+        f"| **invalid success** | {share('invalid success')} |",
+        f"| other error | {share('other')} |",
+        "",
+        f"Strict (OpenAI's `strict: true`): {strict['accepted']} accepted, {strict['refused']} refused by name.",
+        "",
+        "## Every schema that was not valid",
+        "",
+        "| schema | outcome | error |",
+        "|---|---|---|",
+    ]
+    for r in rows:
+        if r["outcome"] != "valid":
+            error = r.get("error", "").replace("|", "\\|")[:240]
+            lines.append(f"| {r['name']} | {r['outcome']} | {error} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--defs", type=int, default=6, help="definitions per schema taken as schemas of their own")
+    parser.add_argument("--max-tokens", type=int, default=600)
+    import sys
+
+    args = parser.parse_args()
+    results = anyio.run(run, args)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "schema_corpus.json").write_text(json.dumps(results, indent=1))
+    save_report(RESULTS / "schema_corpus.md", report(results, sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
