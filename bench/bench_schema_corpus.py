@@ -16,6 +16,7 @@ import argparse
 import collections
 import importlib.resources
 import json
+import re
 import time
 import warnings
 from pathlib import Path
@@ -50,11 +51,23 @@ def corpus(defs_per_schema: int) -> list[tuple[str, dict[str, Any], str]]:
         stem = f.name.removesuffix(".json")
         entries.append((stem, root, _topic(root, stem)))
         defs_key = "$defs" if "$defs" in root else "definitions"
-        for name in sorted(root.get(defs_key) or {})[:defs_per_schema]:
+        taken = 0
+        for name in sorted(root.get(defs_key) or {}):
+            if taken == defs_per_schema:
+                break
+            if _refers_outside(root[defs_key][name], defs_key):
+                continue  # e.g. "#/properties/orbs": it would dangle in a schema made of the definitions alone
+            taken += 1
             sub = {k: v for k, v in root.items() if k in ("$schema", "$id", defs_key)}
             sub["$ref"] = f"#/{defs_key}/{name}"
             entries.append((f"{stem}#{name}", sub, _topic(root[defs_key][name], f"{stem} {name}")))
     return entries
+
+
+def _refers_outside(schema: Any, defs_key: str) -> bool:
+    """Whether the definition refers to a part of its document other than the definitions."""
+    refs = re.findall(r'"\$ref": "(#[^"]*)"', json.dumps(schema))
+    return any(not (ref.startswith(f"#/{defs_key}/") or ref == "#") for ref in refs)
 
 
 def _topic(schema: Any, fallback: str) -> str:

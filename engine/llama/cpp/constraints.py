@@ -16,7 +16,9 @@ what reaches the caller if one happens later.
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 import threading
 import warnings
 from typing import Any
@@ -45,6 +47,8 @@ LENIENT_LAYOUT = JSON_LAYOUT | {"lenient": True, "coerce_one_of": True}
 _REGEX_KEYWORDS = frozenset({"pattern", "patternProperties", "propertyNames", "format"})
 # llguidance's reasons for a schema it cannot enforce (rather than one that is wrong, or past its size limits,
 # like `a{99999999}`): a looser try follows
+MAX_RELAXATIONS = 8  # sub-schemas replaced by {} before a coarser fallback
+_POINTER = re.compile(r"json-schema:///#(/[^\s'\"]+)")
 _CANNOT_ENFORCE = ("regex parse error", "not supported", "unsupported", "Unimplemented", "Unknown format")
 
 
@@ -79,13 +83,18 @@ class ConstraintCompiler:
             return self._matcher_for("json_schema", json.dumps({"x-guidance": JSON_LAYOUT} | schema), True)
         first: InvalidRequest | None = None
         for candidate in _looser(schema):
-            try:
-                text = json.dumps({"x-guidance": LENIENT_LAYOUT} | candidate)
-                return self._matcher_for("json_schema", text, refuse_unsupported=False)
-            except InvalidRequest as exc:
-                if not any(words in str(exc) for words in _CANNOT_ENFORCE):
-                    raise  # the schema itself is wrong (unsatisfiable, a dangling $ref): say so now
-                first = first or exc
+            for _ in range(MAX_RELAXATIONS + 1):
+                try:
+                    text = json.dumps({"x-guidance": LENIENT_LAYOUT} | candidate)
+                    return self._matcher_for("json_schema", text, refuse_unsupported=False)
+                except InvalidRequest as exc:
+                    if not any(words in str(exc) for words in _CANNOT_ENFORCE):
+                        raise  # the schema itself is wrong (unsatisfiable, a dangling $ref): say so now
+                    first = first or exc
+                    relaxed = _relaxed_where_named(candidate, str(exc))
+                    if relaxed is None:
+                        break
+                    candidate = relaxed
         assert first is not None
         raise first
 
@@ -164,6 +173,31 @@ def _looser(schema: dict[str, Any]) -> list[dict[str, Any]]:
         if candidate not in unique:
             unique.append(candidate)
     return unique
+
+
+def _relaxed_where_named(schema: dict[str, Any], problem: str) -> dict[str, Any] | None:
+    """The schema with the sub-schema llguidance's error points at (json-schema:///#/definitions/x, e.g. a
+    circular reference it cannot handle) replaced by {} (anything; the output check still covers it), so
+    the rest stays enforced. None if the error names no place in the schema."""
+    found = _POINTER.search(problem)
+    if found is None:
+        return None
+    parts = [part.replace("~1", "/").replace("~0", "~") for part in found.group(1).split("/")[1:]]
+    relaxed = copy.deepcopy(schema)
+    node: Any = relaxed
+    try:
+        for part in parts[:-1]:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        last = parts[-1]
+        if isinstance(node, list):
+            node[int(last)] = {}
+        elif isinstance(node, dict) and last in node and node[last] != {}:
+            node[last] = {}
+        else:
+            return None
+    except (KeyError, IndexError, ValueError, TypeError):
+        return None
+    return relaxed
 
 
 def _without(value: Any, keywords: frozenset[str]) -> Any:

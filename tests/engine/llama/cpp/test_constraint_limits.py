@@ -134,3 +134,23 @@ def test_not_strict_falls_back_to_what_can_be_enforced(compiler: ConstraintCompi
     assert compiler.matcher(json_schema=schema, grammar=None, strict=False) is not None
     with pytest.raises(InvalidRequest, match="look-around"):
         compiler.matcher(json_schema=schema, grammar=None, strict=True)
+
+
+def test_a_sub_schema_llguidance_cannot_handle_is_relaxed_alone(compiler: ConstraintCompiler) -> None:
+    """A circular reference with sibling keys (as in SchemaStore's CircleCI schema): not strict, only that
+    definition is relaxed to {} and the rest (here `required`) stays enforced token by token."""
+    schema = {
+        "type": "object",
+        "required": ["version"],
+        "properties": {"version": {"type": "integer"}, "when": {"$ref": "#/definitions/logic"}},
+        "definitions": {"logic": {"oneOf": [
+            {"type": "boolean"},
+            {"type": "object", "additionalProperties": False,
+             "properties": {"not": {"$ref": "#/definitions/logic", "type": "object"}}},  # a sibling of the $ref
+        ]}},
+    }  # fmt: skip
+    with pytest.raises(InvalidRequest, match="circular"):  # what llguidance cannot do with it
+        compiler.matcher(json_schema=schema, grammar=None, strict=True)
+    matcher = compiler.matcher(json_schema=schema, grammar=None, strict=False)
+    assert matcher is not None
+    assert not matcher.consume_tokens(compiler._lltokenizer().tokenize_str('{"when": {}}'))  # version is required
