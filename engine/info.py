@@ -112,6 +112,9 @@ class AdapterListing(BaseModel):
     available_files: list[str] = Field(
         description="Adapter files and folders (shown with a trailing '/') in the adapter directories."
     )
+    available_files_truncated: bool = Field(
+        False, description="More are on disk than are listed; a call naming one still loads it on first use."
+    )
     auto_load: bool = Field(
         False, description="Whether naming an adapter that is not resident loads it from the adapter directories."
     )

@@ -78,6 +78,7 @@ logger = logging.getLogger(__name__)
 
 R = TypeVar("R")
 ADAPTER_READ_TIMEOUT_S = 30.0
+LISTED_FILES = 200  # adapter files and folders list_adapters shows (the directories may hold thousands)
 OUTPUT_CHECK_TIMEOUT_S = 10.0  # a schema's regexes run on the output: a pathological one must not hang a call
 StreamEvent = TextDelta | GenerationResult | EngineError
 
@@ -413,12 +414,14 @@ class LlamaEngine:
         await self._ready_core()
         assert self._model_info is not None
         loaded = await self._call(ListAdapters(next(self._ids)))
+        # A directory walk needs no model state: it runs in a thread, never on the decode thread.
+        available = await anyio.to_thread.run_sync(self._directories.available, LISTED_FILES + 1)
         return AdapterListing(
             base_model=self._model_info,
             adapters=loaded,
             adapter_directories=[str(d) for d in self._directories.roots],
-            # A directory walk needs no model state: it runs in a thread, never on the decode thread.
-            available_files=await anyio.to_thread.run_sync(self._directories.available),
+            available_files=available[:LISTED_FILES],
+            available_files_truncated=len(available) > LISTED_FILES,
             auto_load=self.config.auto_load_adapters,
             max_loaded_adapters=self.config.max_loaded_adapters,
             adapter_memory_mb=self.config.adapter_memory_mb,

@@ -141,3 +141,12 @@ async def test_a_first_use_load_holds_up_only_its_own_call(
         tg.start_soon(first_use)
     assert window[1] - window[0] >= 1.5  # the call waited for its adapter's load
     assert len([t for t in arrivals if window[0] < t < window[1]]) >= 20  # the other call generated all along
+
+
+async def test_a_long_listing_says_it_is_cut(tmp_path: Path) -> None:
+    for i in range(205):
+        (tmp_path / f"x{i:03d}.gguf").write_bytes(b"")  # listed by name: never read
+    config = EngineConfig(max_sequences=1, context_per_sequence=256, adapter_dirs=(tmp_path,))
+    async with LlamaEngine(config) as eng:
+        listing = await eng.list_adapters()
+    assert len(listing.available_files) == 200 and listing.available_files_truncated
