@@ -22,13 +22,8 @@ from engine.errors import InvalidRequest, bounded
 
 def schema_validator(schema: dict[str, Any]) -> Any:
     """A validator for the schema's own draft (2020-12 when it names none or a generic one); InvalidRequest
-    if it is not a valid JSON Schema."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", DeprecationWarning)
-        try:
-            cls = validators.validator_for(schema, default=Draft202012Validator)
-        except DeprecationWarning:  # a $schema jsonschema does not know (the generic one): the latest draft
-            cls, schema = Draft202012Validator, {k: v for k, v in schema.items() if k != "$schema"}
+    if it is not a valid JSON Schema. Run when a request is prepared; the output check reuses its verdict."""
+    cls, schema = _draft_of(schema)
     try:
         # no format checks of the schema itself: its regexes are ECMA-262 (\p{Cc} and the like), which
         # Python's re does not all take, and llguidance compiles them on its own
@@ -41,14 +36,27 @@ def schema_validator(schema: dict[str, Any]) -> Any:
     return cls(schema, format_checker=cls.FORMAT_CHECKER)
 
 
+def _draft_of(schema: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The validator class of the schema's draft, and the schema as that class reads it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        try:
+            cls = validators.validator_for(schema, default=Draft202012Validator)
+        except DeprecationWarning:  # a $schema jsonschema does not know (the generic one): the latest draft
+            cls, schema = Draft202012Validator, {k: v for k, v in schema.items() if k != "$schema"}
+    return cls, schema
+
+
 def output_problem(schema: dict[str, Any], text: str) -> str | None:
-    """Why `text` is not a JSON value valid for `schema`, in one line; None if it is."""
+    """Why `text` is not a JSON value valid for `schema` (already checked as a schema when the request was
+    prepared: not again here, a large schema's check costs more than the output's), in one line; None if it is."""
     try:
         value = json.loads(text)
     except ValueError:
         return "the output is not a complete JSON value (did a stop string end it early?)"
     try:
-        error = best_match(schema_validator(schema).iter_errors(value))
+        cls, schema = _draft_of(schema)
+        error = best_match(cls(schema, format_checker=cls.FORMAT_CHECKER).iter_errors(value))
     except Unresolvable as exc:
         ref = bounded(str(exc.ref), 120)
         return f"the output could not be checked: the schema refers to {ref!r}, which this server does not fetch"

@@ -31,8 +31,6 @@ from engine.errors import (
     EngineStopped,
     InvalidRequest,
     OutputMismatch,
-    UnknownAdapter,
-    listed,
 )
 from engine.info import (
     AdapterInfo,
@@ -43,7 +41,7 @@ from engine.info import (
     ModelInfo,
     RequestStatus,
 )
-from engine.llama.adapters.files import AdapterDirectories, shown
+from engine.llama.adapters.files import AdapterDirectories
 from engine.llama.adapters.loading import AdapterFileChecker
 from engine.llama.adapters.registry import unknown_adapter
 from engine.llama.adapters.residency import AdapterResidency
@@ -206,7 +204,6 @@ class LlamaEngine:
         with anyio.move_on_after(grace_s):
             await self._idle.wait()  # a second drain(0) that ends the rest wakes this one too
         streams, self._streams = self._streams, {}
-        self._residency.reserved.clear()
         self._idle.set()
         if streams:
             logger.info("%d requests did not finish in time: ending them with a shutting-down error", len(streams))
@@ -297,8 +294,7 @@ class LlamaEngine:
                 f"{self.config.max_in_flight}; retry in a few seconds"
             )
         submitted_at = time.monotonic()
-        self._streams[stream.request_id] = stream
-        self._residency.reserve(names)  # until _forget: never evicted while this request is open
+        self._streams[stream.request_id] = stream  # from now until _forget its adapters are in use
         try:
             for name in names:
                 if name not in self._residency:
@@ -342,11 +338,7 @@ class LlamaEngine:
             try:
                 path = await anyio.to_thread.run_sync(self._directories.find, name)
                 if path is None:
-                    raise UnknownAdapter(
-                        f"no adapter named {shown(name)} is loaded, and the adapter directories hold no "
-                        f"{shown(name + '.gguf')} or adapter folder {shown(name + '/')}; loaded adapters: "
-                        f"{listed(self._residency.names())} (see list_adapters)"
-                    )
+                    raise unknown_adapter(name, self._residency.names(), searched=True)
                 await self._load_adapter(name, path)
             finally:
                 del self._first_uses[name]
@@ -369,7 +361,8 @@ class LlamaEngine:
                 "file system?); copy it to a local adapter directory and retry"
             ) from None
         async with self._load_lock:
-            evicted = [] if name in self._residency else self._residency.make_room(checked.file.size)
+            in_use = {ref.name for s in self._streams.values() for ref in s.request.adapters}
+            evicted = [] if name in self._residency else self._residency.make_room(checked.file.size, in_use)
             for victim in evicted:
                 try:
                     await self._call(UnloadAdapter(next(self._ids), victim))
@@ -488,8 +481,6 @@ class LlamaEngine:
 
     def _forget(self, request_id: int) -> RequestStream | None:
         stream = self._streams.pop(request_id, None)
-        if stream is not None:
-            self._residency.release(ref.name for ref in stream.request.adapters)
         if self._idle is not None and not self._streams:
             self._idle.set()
         return stream
@@ -500,7 +491,6 @@ class LlamaEngine:
         if failed:
             self._state = EngineState.FAILED
         streams, self._streams = self._streams, {}
-        self._residency.reserved.clear()
         if self._idle is not None:
             self._idle.set()
         for stream in streams.values():

@@ -189,8 +189,15 @@ class AdapterRegistry:
         return version
 
 
-def unknown_adapter(name: str, loaded: Iterable[str]) -> UnknownAdapter:
-    """The error for a request or command naming an adapter that is not loaded."""
+def unknown_adapter(name: str, loaded: Iterable[str], *, searched: bool = False) -> UnknownAdapter:
+    """The error for a request or command naming an adapter that is not loaded (`searched`: nor found in
+    the adapter directories to load on first use)."""
+    on_disk = (
+        f", and the adapter directories hold no {shown(name + '.gguf')} or adapter folder {shown(name + '/')}"
+        if searched
+        else ""
+    )
     return UnknownAdapter(
-        f"no adapter named {shown(name)} is loaded; loaded adapters: {listed(sorted(loaded))} (see list_adapters)"
+        f"no adapter named {shown(name)} is loaded{on_disk}; loaded adapters: {listed(sorted(loaded))} "
+        "(see list_adapters)"
     )

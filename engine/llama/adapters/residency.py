@@ -1,17 +1,16 @@
 """Which adapters stay resident: the engine's (event loop's) view, and its choice of what to evict.
 
-The choice is made here, not in the core, because only the engine sees every request that names an
-adapter, from submission (before its prompt is prepared) to its end: a request holds a reservation on
-each adapter it names for that whole time, so an adapter is never evicted between a request's check and
-its admission. Eviction takes the least recently used adapter that is neither pinned nor reserved; the
-core's own use count refuses an unload of an adapter in use as a last guard.
+The choice is made on the event loop, not in the core, because only the engine sees every request that
+names an adapter, from submission (before its prompt is prepared) to its end: the engine passes the
+adapters its open requests name, so an adapter is never evicted between a request's check and its
+admission. Eviction takes the least recently used adapter that is neither pinned nor in use; the core's
+own hold count refuses an unload of an adapter in use as a last guard.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from engine.errors import EngineBusy
@@ -30,7 +29,6 @@ class AdapterResidency:
         self.max_count = max_count
         self.max_bytes = max_bytes
         self.resident: dict[str, Resident] = {}
-        self.reserved: Counter[str] = Counter()
 
     def __contains__(self, name: object) -> bool:
         return name in self.resident
@@ -39,13 +37,6 @@ class AdapterResidency:
         return sorted(self.resident)
 
     # -- requests ---------------------------------------------------------------------------------------
-
-    def reserve(self, names: Iterable[str]) -> None:
-        self.reserved.update(names)
-
-    def release(self, names: Iterable[str]) -> None:
-        self.reserved.subtract(names)
-        self.reserved += Counter()  # drops names at zero
 
     def touch(self, names: Iterable[str]) -> None:
         now = time.monotonic()
@@ -74,10 +65,10 @@ class AdapterResidency:
 
     # -- the budget -------------------------------------------------------------------------------------
 
-    def make_room(self, incoming_size: int) -> list[str]:
+    def make_room(self, incoming_size: int, in_use: Collection[str]) -> list[str]:
         """The adapters to unload so that one more of `incoming_size` bytes fits, least recently used
-        first; they are forgotten at once (a request naming one meanwhile loads it again). EngineBusy
-        if the budget cannot be met because every resident adapter is pinned or in use."""
+        first, never one `in_use` (named by an open request); they are forgotten at once (a request naming
+        one meanwhile loads it again). EngineBusy if every resident adapter is pinned or in use."""
         count = len(self.resident) + 1
         size = sum(r.size for r in self.resident.values()) + incoming_size
         if self.max_bytes is not None and incoming_size > self.max_bytes:
@@ -86,7 +77,7 @@ class AdapterResidency:
                 f"({self.max_bytes / 1e6:.1f} MB, --adapter-memory-mb)"
             )
         idle = sorted(
-            (name for name, r in self.resident.items() if not r.pinned and not self.reserved[name]),
+            (name for name, r in self.resident.items() if not r.pinned and name not in in_use),
             key=lambda name: self.resident[name].last_used,
         )
         victims: list[str] = []

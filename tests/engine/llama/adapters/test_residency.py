@@ -1,4 +1,4 @@
-"""The residency budget's choice, alone: least recently used first, never pinned or reserved adapters."""
+"""The residency budget's choice, alone: least recently used first, never pinned or in-use adapters."""
 
 from __future__ import annotations
 
@@ -28,29 +28,27 @@ def residency(*names: str, max_count: int | None = 3, max_bytes: int | None = No
 def test_room_is_made_least_recently_used_first() -> None:
     r = residency("a", "b", "c")
     r.touch(["a"])  # b is now the least recently used
-    assert r.make_room(100) == ["b"]
+    assert r.make_room(100, ()) == ["b"]
     assert r.names() == ["a", "c"]
-    assert residency("a", "b").make_room(100) == []  # room already
+    assert residency("a", "b").make_room(100, ()) == []  # room already
 
 
-def test_pinned_and_reserved_adapters_are_never_chosen() -> None:
+def test_pinned_and_in_use_adapters_are_never_chosen() -> None:
     r = residency("a", "b", "c")
     r.loaded(info("a", pinned=True))
-    r.reserve(["b"])
-    assert r.make_room(100) == ["c"]
+    assert r.make_room(100, in_use={"b"}) == ["c"]
     r = residency("a", "b", "c")
-    r.reserve(["a", "b", "c"])
     with pytest.raises(EngineBusy, match="pinned or used by queued or running requests"):
-        r.make_room(100)
-    r.release(["b"])
-    assert r.make_room(100) == ["b"] and not r.reserved["b"]
+        r.make_room(100, in_use={"a", "b", "c"})
+    in_use = {"a", "c"}  # b's request ended
+    assert r.make_room(100, in_use) == ["b"] and "b" not in in_use
 
 
 def test_a_memory_budget_evicts_until_the_new_adapter_fits() -> None:
     r = residency("a", "b", "c", max_count=None, max_bytes=350)
-    assert r.make_room(200) == ["a", "b"]  # 300 + 200 > 350; 100 + 200 fits
+    assert r.make_room(200, ()) == ["a", "b"]  # 300 + 200 > 350; 100 + 200 fits
     with pytest.raises(EngineBusy, match="more than the whole adapter memory budget"):
-        r.make_room(400)
+        r.make_room(400, ())
 
 
 def test_listing_keeps_last_use() -> None:
