@@ -27,6 +27,7 @@ from mcp_server.http_security import guarded, transport_security
 from mcp_server.metrics import ADAPTER_SET_LABEL_CAP, Metrics, refusal_outcome
 from mcp_server.openai_api import openai_routes
 from mcp_server.openai_api.error_bodies import OpenAIErrorBodies
+from mcp_server.quiet_cancel import install as install_quiet_cancel
 from mcp_server.tools.server import build_server
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ def build_http_app(
 ) -> ASGIApp:
     """The app, behind Host/Origin checks on every route, the optional token, and a body limit; every
     error under /v1, theirs included, is an OpenAI error object."""
+    install_quiet_cancel()
     metrics = Metrics(engine, adapter_set_cap=metrics_adapter_sets)
     mcp = build_server(engine, metrics=metrics)
     mcp_app = mcp.streamable_http_app(
