@@ -36,8 +36,25 @@ from engine.info import (
     RequestStatus,
 )
 from engine.interface import GenerationStream, InferenceEngine
-from engine.request import AdapterRef, ChatMessage, GenerateRequest, SamplingParams
-from engine.result import FinishReason, GenerationResult, TextDelta, Timings, Usage
+from engine.request import (
+    AdapterRef,
+    ChatMessage,
+    GenerateRequest,
+    NamedToolChoice,
+    SamplingParams,
+    ToolCall,
+    ToolFunction,
+)
+from engine.result import (
+    FinishReason,
+    GenerationResult,
+    TextDelta,
+    Timings,
+    TokenLogprob,
+    ToolCallDelta,
+    TopLogprob,
+    Usage,
+)
 
 __all__ = [
     "AdapterInUse",
@@ -64,6 +81,7 @@ __all__ = [
     "InvalidRequest",
     "LoadedAdapter",
     "ModelInfo",
+    "NamedToolChoice",
     "NonFiniteOutput",
     "OutputMismatch",
     "PromptTooLong",
@@ -72,6 +90,11 @@ __all__ = [
     "SamplingParams",
     "TextDelta",
     "Timings",
+    "TokenLogprob",
+    "ToolCall",
+    "ToolCallDelta",
+    "ToolFunction",
+    "TopLogprob",
     "UnknownAdapter",
     "Usage",
     "default_model_path",

@@ -36,11 +36,61 @@ def nesting_depth(value: Any, limit: int) -> int:
     return deepest
 
 
+MAX_TOOLS = 128
+TOOL_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+class ToolCall(BaseModel):
+    """A function call the model made (OpenAI's `tool_calls[]`); `arguments` is JSON text."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(min_length=1, max_length=128, description="The call's id; a `tool` message answers it by this id.")
+    name: str = Field(pattern=TOOL_NAME_PATTERN, description="The function called.")
+    arguments: str = Field(max_length=MAX_PROMPT_CHARS, description="The arguments, as a JSON object's text.")
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-    role: Literal["system", "user", "assistant"] = Field(description="Who wrote the message.")
-    content: str = Field(max_length=MAX_PROMPT_CHARS, description="The message text.")
+    role: Literal["system", "user", "assistant", "tool"] = Field(description="Who wrote the message.")
+    content: str = Field("", max_length=MAX_PROMPT_CHARS, description="The message text.")
+    tool_calls: tuple[ToolCall, ...] = Field(
+        (), max_length=MAX_TOOLS, strict=False, description="An assistant message's function calls (tool calling)."
+    )
+    tool_call_id: str | None = Field(
+        None, max_length=128, description="A `tool` message: the id of the call whose result it carries."
+    )
+
+    @model_validator(mode="after")
+    def _tool_fields_fit_the_role(self) -> ChatMessage:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if (self.role == "tool") != (self.tool_call_id is not None):
+            raise ValueError("a tool message needs the tool_call_id it answers, and only a tool message has one")
+        return self
+
+
+class ToolFunction(BaseModel):
+    """A function the model may call (OpenAI's `tools[].function`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=TOOL_NAME_PATTERN, description="The function's name.")
+    description: str | None = Field(None, max_length=8192, description="What it does, for the model.")
+    parameters: dict[str, Any] | None = Field(
+        None, description="A JSON Schema of its arguments (an object); the call's arguments are held to it."
+    )
+    strict: bool = Field(False, description="Refuse `parameters` unless every keyword can be enforced token by token.")
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=TOOL_NAME_PATTERN, description="The function the model must call.")
+
+
+ToolChoice = Literal["auto", "none", "required"] | NamedToolChoice
 
 
 class AdapterRef(BaseModel):
@@ -132,6 +182,28 @@ class GenerateRequest(BaseModel):
         max_length=MAX_GRAMMAR_CHARS,
         description="A grammar the output must follow: GBNF (llama.cpp's format) or Lark.",
     )
+    tools: tuple[ToolFunction, ...] = Field(
+        (),
+        max_length=MAX_TOOLS,
+        description="Functions the model may call (with `messages`): a call's arguments are held to its parameters.",
+    )
+    tool_choice: ToolChoice = Field(
+        "auto",
+        description="auto: answer in text or call; none: answer in text; required: call at least one; "
+        "a name: call that function.",
+    )
+    parallel_tool_calls: bool = Field(True, description="Allow more than one call in one answer.")
+    logprobs: int | None = Field(
+        None,
+        ge=0,
+        le=20,
+        description="Return each generated token's log-probability and this many likeliest alternatives "
+        "(0: the token's alone). The model's distribution after adapters, before penalties, constraints and "
+        "the sampling chain.",
+    )
+    prompt_logprobs: bool = Field(
+        False, description="Return the log-probability of every prompt token after the first (reads the whole prompt)."
+    )
 
     @field_validator("json_schema")
     @classmethod
@@ -150,10 +222,26 @@ class GenerateRequest(BaseModel):
             raise ValueError("give json_schema or grammar, not both")
         if (self.json_schema is not None or self.grammar is not None) and self.sampling.ignore_eos:
             raise ValueError("ignore_eos cannot be combined with json_schema or grammar: the output ends where they do")
+        if self.tools:
+            if self.messages is None:
+                raise ValueError("tools need `messages` (a conversation), not a raw prompt")
+            if self.json_schema is not None or self.grammar is not None:
+                raise ValueError("give tools or json_schema / grammar, not both: a call's arguments follow its schema")
+            if len({t.name for t in self.tools}) != len(self.tools):
+                raise ValueError("each tool's name must be unique")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.name not in {t.name for t in self.tools}:
+            raise ValueError(f"tool_choice names {self.tool_choice.name!r}, which is not among the tools")
+        if self.tool_choice == "required" and not self.tools:
+            raise ValueError("tool_choice 'required' needs tools")
         names = [a.name for a in self.adapters]
         if len(set(names)) != len(names):
             raise ValueError("each adapter may appear once in a request's adapter set")
         return self
+
+    @property
+    def calls_tools(self) -> bool:
+        """Whether the answer may be a function call (tools given, and not tool_choice 'none')."""
+        return bool(self.tools) and self.tool_choice != "none"
 
     @property
     def adapter_key(self) -> AdapterKey:

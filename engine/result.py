@@ -7,9 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from engine.request import SamplingParams
+from engine.request import SamplingParams, ToolCall
 
-FinishReason = Literal["stop", "length", "cancelled"]
+FinishReason = Literal["stop", "length", "cancelled", "tool_calls"]
 
 
 class Usage(BaseModel):
@@ -46,15 +46,40 @@ class Receipt(BaseModel):
     sampling: SamplingParams = Field(description="The sampling settings in force, the seed included.")
 
 
+@dataclass(frozen=True, slots=True)
+class TopLogprob:
+    token: str  # its text (bytes that are not whole UTF-8 characters as U+FFFD; `bytes` has them)
+    id: int
+    bytes: tuple[int, ...]
+    logprob: float
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """A token's log-probability under the model's distribution at its position (after the request's
+    adapters; before penalties, constraints and the sampling chain), with the likeliest alternatives."""
+
+    token: str
+    id: int
+    bytes: tuple[int, ...]
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()
+
+
 class GenerationResult(BaseModel):
     text: str = Field(description="The generated text (stop strings are not included).")
     finish_reason: FinishReason = Field(
         description="stop: the model ended or hit a stop string; length: max_tokens or the context was reached; "
-        "cancelled: the request was aborted."
+        "tool_calls: the answer is function calls; cancelled: the request was aborted."
     )
     usage: Usage
     timings: Timings
     receipt: Receipt
+    tool_calls: list[ToolCall] | None = Field(None, description="The function calls the model made (tool calling).")
+    logprobs: list[TokenLogprob] | None = Field(None, description="Each generated token's log-probability.")
+    prompt_logprobs: list[TokenLogprob] | None = Field(
+        None, description="Each prompt token's log-probability given the tokens before it (from the second on)."
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,3 +91,15 @@ class TextDelta:
     text: str
     completion_tokens: int
     at: float = 0.0
+    tool_calls: tuple[ToolCallDelta, ...] = ()  # tool calling: parts of calls, as OpenAI streams them
+    logprobs: tuple[TokenLogprob, ...] = ()  # the tokens this delta's step produced, when asked for
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """Part of call `index`: its id and name come first (with arguments ""), then its arguments' text in pieces."""
+
+    index: int
+    arguments: str
+    id: str | None = None
+    name: str | None = None

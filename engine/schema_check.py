@@ -20,7 +20,7 @@ from referencing.exceptions import Unresolvable
 from engine.errors import InvalidRequest, bounded
 
 
-def schema_validator(schema: dict[str, Any]) -> Any:
+def schema_validator(schema: dict[str, Any], what: str = "`json_schema`") -> Any:
     """A validator for the schema's own draft (2020-12 when it names none or a generic one); InvalidRequest
     if it is not a valid JSON Schema. Run when a request is prepared; the output check reuses its verdict."""
     cls, schema = _draft_of(schema)
@@ -31,7 +31,7 @@ def schema_validator(schema: dict[str, Any]) -> Any:
     except SchemaError as exc:
         where = exc.json_path if hasattr(exc, "json_path") else "$"
         raise InvalidRequest(
-            f"`json_schema` is not a valid JSON Schema: `{exc.validator}` at {where}: {bounded(exc.message, 200)}"
+            f"{what} is not a valid JSON Schema: `{exc.validator}` at {where}: {bounded(exc.message, 200)}"
         ) from None
     return cls(schema, format_checker=cls.FORMAT_CHECKER)
 

@@ -41,6 +41,7 @@ from engine.info import (
     ModelInfo,
     RequestStatus,
 )
+from engine.interface import GenerationStream
 from engine.llama.adapters.files import AdapterDirectories
 from engine.llama.adapters.loading import AdapterFileChecker
 from engine.llama.adapters.registry import unknown_adapter
@@ -71,6 +72,8 @@ from engine.llama.runner import ModelRunner
 from engine.request import GenerateRequest
 from engine.result import GenerationResult, TextDelta
 from engine.schema_check import output_problem
+from engine.tool_output import ToolCallStream
+from engine.tool_prompt import as_plain_request, mentions_tools
 
 logger = logging.getLogger(__name__)
 
@@ -267,12 +270,16 @@ class LlamaEngine:
 
     # -- requests -----------------------------------------------------------------------------------------
 
-    def generate(self, request: GenerateRequest) -> RequestStream:
+    def generate(self, request: GenerateRequest) -> GenerationStream:
         """`async with engine.generate(req) as stream: async for delta in stream: …; stream.result`.
 
-        Leaving the block before the result arrives aborts the request.
+        Leaving the block before the result arrives aborts the request. Tools are written into the
+        conversation, and the answer read back as calls (engine/tool_prompt.py, tool_output.py).
         """
-        return RequestStream(self, request)
+        if not mentions_tools(request):
+            return RequestStream(self, request)
+        stream = RequestStream(self, as_plain_request(request))
+        return ToolCallStream(stream, request.tools) if request.calls_tools else stream
 
     async def complete(self, request: GenerateRequest) -> GenerationResult:
         async with self.generate(request) as stream:

@@ -32,6 +32,7 @@ from engine import (
     ModelInfo,
     RequestStatus,
     SamplingParams,
+    ToolCallDelta,
     UnknownAdapter,
 )
 from mcp_server.keep_alive import keep_alive
@@ -104,7 +105,11 @@ class Completions:
                 request = GenerateRequest(prompt=req.text, sampling=sampling, adapters=adapters, **constraint)
             else:
                 request = GenerateRequest(
-                    messages=_chat(req.messages), sampling=sampling, adapters=adapters, **constraint
+                    messages=_chat(req.messages),
+                    sampling=sampling,
+                    adapters=adapters,
+                    **constraint,
+                    **req.tool_fields(),
                 )
         except ValidationError as exc:
             raise invalid(exc) from None
@@ -175,7 +180,15 @@ def model_names(base: str) -> tuple[str, ...]:
 
 def _chat(messages: list[Message]) -> tuple[ChatMessage, ...]:
     # OpenAI's "developer" role is the newer name of "system".
-    return tuple(ChatMessage(role="system" if m.role == "developer" else m.role, content=m.text) for m in messages)
+    return tuple(
+        ChatMessage(
+            role="system" if m.role == "developer" else m.role,
+            content=m.text,
+            tool_calls=m.calls,
+            tool_call_id=m.tool_call_id,
+        )
+        for m in messages
+    )
 
 
 # -- answers --------------------------------------------------------------------------------------------
@@ -188,7 +201,7 @@ class _Format:
     chunk_object: str
     id_prefix: str
 
-    def choice(self, text: str, finish_reason: str | None) -> dict[str, Any]: ...
+    def choice(self, result: GenerationResult) -> dict[str, Any]: ...
     def delta(self, text: str, first: bool, finish_reason: str | None) -> dict[str, Any]: ...
 
 
@@ -196,11 +209,11 @@ class _TextFormat(_Format):
     object = chunk_object = "text_completion"
     id_prefix = "cmpl-"
 
-    def choice(self, text: str, finish_reason: str | None) -> dict[str, Any]:
-        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+    def choice(self, result: GenerationResult) -> dict[str, Any]:
+        return self.delta(result.text, False, _finish_reason(result))
 
     def delta(self, text: str, first: bool, finish_reason: str | None) -> dict[str, Any]:
-        return self.choice(text, finish_reason)
+        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
 
 
 class _ChatFormat(_Format):
@@ -208,9 +221,15 @@ class _ChatFormat(_Format):
     chunk_object = "chat.completion.chunk"
     id_prefix = "chatcmpl-"
 
-    def choice(self, text: str, finish_reason: str | None) -> dict[str, Any]:
-        message = {"role": "assistant", "content": text, "refusal": None}
-        return {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
+    def choice(self, result: GenerationResult) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": result.text, "refusal": None}
+        if result.tool_calls:
+            message["content"] = result.text or None
+            message["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                for c in result.tool_calls
+            ]
+        return {"index": 0, "message": message, "logprobs": None, "finish_reason": _finish_reason(result)}
 
     def delta(self, text: str, first: bool, finish_reason: str | None) -> dict[str, Any]:
         delta: dict[str, Any] = {"role": "assistant", "content": text} if first else {}
@@ -218,10 +237,27 @@ class _ChatFormat(_Format):
             delta["content"] = text
         return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
 
+    def tool_call_delta(self, calls: tuple[ToolCallDelta, ...]) -> dict[str, Any]:
+        """OpenAI's pieces of calls: the first of each with its id, type and name, then arguments text."""
+        pieces = []
+        for c in calls:
+            if c.id is not None:
+                pieces.append(
+                    {
+                        "index": c.index,
+                        "id": c.id,
+                        "type": "function",
+                        "function": {"name": c.name, "arguments": c.arguments},
+                    }
+                )
+            else:
+                pieces.append({"index": c.index, "function": {"arguments": c.arguments}})
+        return {"index": 0, "delta": {"tool_calls": pieces}, "logprobs": None, "finish_reason": None}
+
 
 def _finish_reason(result: GenerationResult) -> str:
     # "cancelled" only reaches a caller that is gone; OpenAI has no such reason
-    return "length" if result.finish_reason == "length" else "stop"
+    return result.finish_reason if result.finish_reason in ("length", "tool_calls") else "stop"
 
 
 class _Answer:
@@ -236,13 +272,14 @@ class _Answer:
         return {"id": self._id, "object": object, "created": self._created, "model": self._model}
 
     async def whole(self, stream: Metered) -> dict[str, Any]:
-        parts = [delta.text async for delta in stream]
+        async for _ in stream:
+            pass
         result = stream.result
         assert result is not None
         return (
             self._envelope(self._fmt.object)
             | {
-                "choices": [self._fmt.choice("".join(parts), _finish_reason(result))],
+                "choices": [self._fmt.choice(result)],
                 "usage": _usage(result),
             }
             | _provenance(result)
@@ -262,6 +299,9 @@ class _Answer:
             yield chunk(self._fmt.delta("", True, None))
             first = False
         async for delta in stream:
+            if delta.tool_calls:
+                assert isinstance(self._fmt, _ChatFormat)
+                yield chunk(self._fmt.tool_call_delta(delta.tool_calls))
             if not delta.text:
                 continue
             if first:

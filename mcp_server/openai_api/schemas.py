@@ -3,7 +3,7 @@ extras (top_k, min_p, repeat_penalty, repeat_last_n, ignore_eos) and loramux's `
 
 Unknown fields are refused, as OpenAI refuses them ("Unrecognized request argument"), so a typo never
 silently does nothing. Fields OpenAI has and loramux does not support are accepted only at their
-"off" value (n=1, no logprobs, no tools), and refused otherwise with a message naming the field.
+"off" value (n=1, no logit_bias, …), and refused otherwise with a message naming the field.
 """
 
 from __future__ import annotations
@@ -12,7 +12,17 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
-from engine.request import MAX_PROMPT_CHARS, AdapterRef, SamplingParams
+from engine.request import (
+    MAX_PROMPT_CHARS,
+    MAX_TOOLS,
+    TOOL_NAME_PATTERN,
+    AdapterRef,
+    NamedToolChoice,
+    SamplingParams,
+    ToolCall,
+    ToolChoice,
+    ToolFunction,
+)
 
 _sampling = SamplingParams.model_fields
 
@@ -37,12 +47,32 @@ class TextPart(BaseModel):
     text: str = Field(max_length=MAX_PROMPT_CHARS)
 
 
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=TOOL_NAME_PATTERN)
+    arguments: str = Field(max_length=MAX_PROMPT_CHARS)
+
+
+class MessageToolCall(BaseModel):
+    """An assistant message's call, as OpenAI writes it (and sends it back in the next request)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=128)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None  # accepted and not shown to the model (as llama-server does)
+    tool_calls: list[MessageToolCall] | None = Field(None, max_length=MAX_TOOLS)
+    tool_call_id: str | None = Field(None, max_length=128)
+    refusal: str | None = None  # the SDKs send an assistant message back as they got it
 
     @property
     def text(self) -> str:
@@ -51,6 +81,45 @@ class Message(BaseModel):
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
+
+    @property
+    def calls(self) -> tuple[ToolCall, ...]:
+        return tuple(
+            ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments) for c in self.tool_calls or ()
+        )
+
+
+class FunctionSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=TOOL_NAME_PATTERN)
+    description: str | None = Field(None, max_length=8192)
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: FunctionSpec
+
+    def as_engine_tool(self) -> ToolFunction:
+        f = self.function
+        return ToolFunction(name=f.name, description=f.description, parameters=f.parameters, strict=bool(f.strict))
+
+
+class ChosenFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=TOOL_NAME_PATTERN)
+
+
+class ToolChoiceFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: ChosenFunction
 
 
 class StreamOptions(BaseModel):
@@ -208,19 +277,9 @@ class ChatCompletionRequest(_Common):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     response_format: ResponseFormat | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any = None
+    tools: list[Tool] | None = Field(None, max_length=MAX_TOOLS)
+    tool_choice: Literal["auto", "none", "required"] | ToolChoiceFunction | None = None
     parallel_tool_calls: bool | None = None
-
-    @field_validator("tools")
-    @classmethod
-    def _no_tools(cls, tools: list[Any] | None) -> list[Any] | None:
-        return _off(tools, (None, []), "tool calling is not supported by this server; omit it")
-
-    @field_validator("tool_choice")
-    @classmethod
-    def _no_tool_choice(cls, choice: Any) -> Any:
-        return _off(choice, (None, "none"), "tool calling is not supported by this server; omit it")
 
     @model_validator(mode="after")
     def _one_limit(self) -> ChatCompletionRequest:
@@ -239,6 +298,19 @@ class ChatCompletionRequest(_Common):
         """OpenAI's `json_schema.strict`; llama-server's forms (`json_schema`, json_object's `schema`) are not."""
         fmt = self.response_format
         return bool(fmt is not None and fmt.json_schema is not None and fmt.json_schema.strict)
+
+    def tool_fields(self) -> dict[str, Any]:
+        """The engine request's tools, tool_choice and parallel_tool_calls (OpenAI's defaults: auto, parallel)."""
+        choice: ToolChoice = "auto"
+        if isinstance(self.tool_choice, ToolChoiceFunction):
+            choice = NamedToolChoice(name=self.tool_choice.function.name)
+        elif self.tool_choice is not None:
+            choice = self.tool_choice
+        return {
+            "tools": tuple(t.as_engine_tool() for t in self.tools or ()),
+            "tool_choice": choice,
+            "parallel_tool_calls": self.parallel_tool_calls is not False,
+        }
 
     @property
     def token_limit(self) -> int | None:

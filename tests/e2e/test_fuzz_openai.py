@@ -52,13 +52,36 @@ hostile_schemas = st.sampled_from(
         {"type": None, "$ref": {"x\u0080": {"\u0080" * 60: None}}},  # llguidance panics on this $ref
     ]
 ) | st.dictionaries(st.sampled_from(["type", "properties", "items", "pattern", "enum", "$ref", "x"]), json_values)
+tool_call = st.fixed_dictionaries(
+    {
+        "id": st.sampled_from(["call_1", ""]) | json_values,
+        "type": st.just("function") | json_values,
+        "function": st.fixed_dictionaries(
+            {"name": st.sampled_from(["f", "bad name!"]) | json_values, "arguments": st.sampled_from(["{}", "{"])}
+        )
+        | json_values,
+    }
+)
 messages = st.lists(
     st.fixed_dictionaries(
         {"role": st.sampled_from(["user", "assistant", "system", "developer", "tool"]) | json_values},
-        optional={"content": st.text(max_size=60) | json_values, "name": json_values},
+        optional={
+            "content": st.text(max_size=60) | json_values,
+            "name": json_values,
+            "tool_calls": st.lists(tool_call, max_size=2) | json_values,
+            "tool_call_id": st.sampled_from(["call_1", "x" * 200]) | json_values,
+        },
     ),
     max_size=3,
 ) | st.just([{"role": "user", "content": "Say hi."}])
+tools = st.lists(
+    st.builds(
+        lambda name, schema: {"type": "function", "function": {"name": name, "parameters": schema}},
+        st.sampled_from(["f", "g", "bad name!", "x" * 70]),
+        hostile_schemas,
+    ),
+    max_size=3,
+)
 adapters = st.sampled_from([[{"name": "loud", "scale": 4.0}], [{"name": "caps"}], [{"name": "nope"}], []]) | json_values
 # name → (values a client means, hostile values)
 fields: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]] = {
@@ -75,7 +98,12 @@ fields: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]] = {
     "n": (st.just(1), st.integers(-1, 3) | json_values),
     "logprobs": (st.just(False), json_values),
     "logit_bias": (st.just({}), json_values),
-    "tools": (st.just([]), json_values),
+    "tools": (tools, json_values | st.lists(json_values, max_size=2)),
+    "tool_choice": (
+        st.sampled_from(["auto", "none", "required", {"type": "function", "function": {"name": "f"}}]),
+        json_values,
+    ),
+    "parallel_tool_calls": (st.booleans(), json_values),
     "response_format": (
         st.builds(
             lambda schema: {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}, hostile_schemas

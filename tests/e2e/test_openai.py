@@ -227,7 +227,7 @@ def test_adapter_routes_refuse_what_load_adapter_refuses(base_url: str) -> None:
         ({"n": 2}, "n", "only n=1"),
         ({"temperature": 5}, "temperature", "less than or equal to 2"),
         ({"logprobs": True}, "logprobs", "not supported"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "tool calling"),
+        ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools.0.function.name", "match"),
         ({"extra_body": {"frobnicate": 1}}, "frobnicate", "not a field"),
         ({"max_tokens": 0}, "max_tokens", "greater than or equal to 1"),
         ({"extra_body": {"adapters": [{"name": "caps", "scale": 9}]}}, "adapters.0.scale", "less than or equal"),
