@@ -15,6 +15,7 @@ MAX_MESSAGES = 512
 MAX_ADAPTERS_PER_REQUEST = 8
 MAX_STOP_STRINGS = 16
 MAX_GRAMMAR_CHARS = 100_000
+MAX_TOP_LOGPROBS = 20
 # Real schemas nest a few dozen levels at most; deeper ones only exhaust recursion in the compilers.
 MAX_SCHEMA_DEPTH = 64
 
@@ -196,13 +197,15 @@ class GenerateRequest(BaseModel):
     logprobs: int | None = Field(
         None,
         ge=0,
-        le=20,
+        le=MAX_TOP_LOGPROBS,
         description="Return each generated token's log-probability and this many likeliest alternatives "
-        "(0: the token's alone). The model's distribution after adapters, before penalties, constraints and "
-        "the sampling chain.",
+        "(0: the token's alone), from the distribution the token was drawn from: the model's (with the "
+        "request's adapters) after penalties and json_schema / grammar, before temperature and top-k/p.",
     )
     prompt_logprobs: bool = Field(
-        False, description="Return the log-probability of every prompt token after the first (reads the whole prompt)."
+        False,
+        description="Return the log-probability of every prompt token after the first, given the ones before it "
+        "(the model's own distribution, with `logprobs` alternatives; the whole prompt is read, no cached prefix).",
     )
 
     @field_validator("json_schema")

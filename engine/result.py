@@ -62,7 +62,7 @@ class TokenLogprob:
     token: str
     id: int
     bytes: tuple[int, ...]
-    logprob: float
+    logprob: float | None  # None for the prompt's first token: nothing comes before it
     top: tuple[TopLogprob, ...] = ()
 
 
@@ -78,7 +78,7 @@ class GenerationResult(BaseModel):
     tool_calls: list[ToolCall] | None = Field(None, description="The function calls the model made (tool calling).")
     logprobs: list[TokenLogprob] | None = Field(None, description="Each generated token's log-probability.")
     prompt_logprobs: list[TokenLogprob] | None = Field(
-        None, description="Each prompt token's log-probability given the tokens before it (from the second on)."
+        None, description="Each prompt token with its log-probability given the tokens before it (None for the first)."
     )
 
 
@@ -93,6 +93,7 @@ class TextDelta:
     at: float = 0.0
     tool_calls: tuple[ToolCallDelta, ...] = ()  # tool calling: parts of calls, as OpenAI streams them
     logprobs: tuple[TokenLogprob, ...] = ()  # the tokens this delta's step produced, when asked for
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()  # on a request's first delta, when asked for
 
 
 @dataclass(frozen=True, slots=True)

@@ -223,8 +223,10 @@ class ToolCallStream:
     async def _deltas(self) -> AsyncIterator[TextDelta]:
         async for delta in self._inner:
             text, calls = self._reader.feed(delta.text)
-            if text or calls or delta.logprobs:
-                yield TextDelta(text, delta.completion_tokens, delta.at, tuple(calls), delta.logprobs)
+            if text or calls or delta.logprobs or delta.prompt_logprobs:
+                yield TextDelta(
+                    text, delta.completion_tokens, delta.at, tuple(calls), delta.logprobs, delta.prompt_logprobs
+                )
         result = self._inner.result
         assert result is not None
         calls = self._reader.tool_calls()

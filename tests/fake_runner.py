@@ -95,6 +95,7 @@ class FakeRunner:
         self.failing_sampler: Callable[[SamplingParams], bool] = lambda _: False
         self.failing_sampler_at_start: Callable[[SamplingParams], bool] = lambda _: False
         self._sampling: dict[int, SamplingParams] = {}
+        self._logprobs: dict[int, int | None] = {}
         self.closed = False
 
     def adapter_base(self) -> AdapterBase:
@@ -102,15 +103,19 @@ class FakeRunner:
             return AdapterBase.from_model_file(default_model_path())
         return AdapterBase(self.info.architecture, {})
 
-    def add_sequence(self, request_id: int, sampling: SamplingParams, constraint: Any = None) -> None:
+    def add_sequence(
+        self, request_id: int, sampling: SamplingParams, constraint: Any = None, logprobs: int | None = None
+    ) -> None:
         if self.failing_sampler_at_start(sampling):
             raise RuntimeError("injected sampler construction failure")
         self.samplers[request_id] = FakeSampler(self.reply)
         self._sampling[request_id] = sampling
+        self._logprobs[request_id] = logprobs
 
     def remove_sequence(self, request_id: int | None, seq_id: int | None) -> None:
         self.samplers.pop(request_id, None)
         self._sampling.pop(request_id, None)
+        self._logprobs.pop(request_id, None)
         if seq_id is not None:
             self.kv.pop(seq_id, None)
 
@@ -148,7 +153,14 @@ class FakeRunner:
                 if self.failing_sampler(self._sampling[c.seq.request_id]):
                     output.failed.append((c.seq, EngineFailure("injected sampler failure")))
                 else:
-                    output.sampled.append((c.seq, self.samplers[c.seq.request_id].sample()))
+                    token = self.samplers[c.seq.request_id].sample()
+                    output.sampled.append((c.seq, token))
+                    if (k := self._logprobs.get(c.seq.request_id)) is not None:  # certain: the reply is fixed
+                        output.sampled_scores[c.seq.request_id] = (token, 0.0, ((token, 0.0),)[:k])
+            if c.seq.prompt_logprobs and c.start_pos < c.seq.num_prompt_tokens:
+                end = min(c.start_pos + len(c.tokens), c.seq.num_prompt_tokens - 1)
+                scores = [(c.seq.prompt_tokens[p + 1], -1.0, ()) for p in range(c.start_pos, end)]
+                output.prompt_scores.append((c.seq, scores))
         return output
 
     def rebuild_context(self) -> None:

@@ -127,6 +127,21 @@ async def check_concurrent_calls_are_batched(client: Client) -> None:
     assert multi > 0
 
 
+async def check_logprobs_come_with_the_result(client: Client) -> None:
+    result = await client.call_tool(
+        "llm_inference",
+        {"prompt": "Hi", "raw": True, "max_tokens": 4, "temperature": 0, "logprobs": 2, "prompt_logprobs": True},
+        read_timeout_seconds=60.0,
+    )
+    assert not result.is_error and result.structured_content is not None
+    data = result.structured_content
+    assert "".join(t["token"] for t in data["logprobs"]) == data["text"]
+    assert all(len(t["top"]) == 2 and t["top"][0]["logprob"] == t["logprob"] for t in data["logprobs"])
+    assert (
+        data["prompt_logprobs"][0]["logprob"] is None and len(data["prompt_logprobs"]) == data["usage"]["prompt_tokens"]
+    )
+
+
 ALL_CHECKS = [
     check_server_info_and_only_real_capabilities,
     check_tool_is_listed_with_its_schema,
@@ -134,4 +149,5 @@ ALL_CHECKS = [
     check_invalid_arguments_give_clear_errors,
     check_concurrent_calls_are_batched,
     check_cancelled_call_frees_its_sequence,
+    check_logprobs_come_with_the_result,
 ]

@@ -113,7 +113,7 @@ class EngineCore:
         prepared = command.prepared
         try:
             self.adapters.check(prepared.adapters)
-            self.runner.add_sequence(prepared.request_id, prepared.sampling, prepared.constraint)
+            self.runner.add_sequence(prepared.request_id, prepared.sampling, prepared.constraint, prepared.logprobs)
         except Exception as exc:
             if not isinstance(exc, EngineError):
                 logger.exception("could not start request %d", prepared.request_id)

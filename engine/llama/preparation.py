@@ -63,6 +63,8 @@ class RequestPreparer:
             if request.sampling.seed is not None
             else request.sampling.model_copy(update={"seed": secrets.randbelow(2**32 - 1)}),
             adapters=request.adapters,
+            logprobs=request.logprobs,
+            prompt_logprobs=request.prompt_logprobs,
             adapter_key=request.adapter_key,
             max_new_tokens=min(request.sampling.max_tokens, limit - len(tokens)),
             submitted_at=submitted_at,

@@ -25,8 +25,11 @@ class ModelRunner(Protocol):
         """The model's architecture, tensor shapes and attention layout, to check and convert adapters against."""
         ...
 
-    def add_sequence(self, request_id: int, sampling: SamplingParams, constraint: Any = None) -> None:
-        """Make the request's sampler; raising here refuses the request alone."""
+    def add_sequence(
+        self, request_id: int, sampling: SamplingParams, constraint: Any = None, logprobs: int | None = None
+    ) -> None:
+        """Make the request's sampler (scoring what it samples with `logprobs` alternatives, when not
+        None); raising here refuses the request alone."""
         ...
 
     def remove_sequence(self, request_id: int | None, seq_id: int | None) -> None:
@@ -35,7 +38,8 @@ class ModelRunner(Protocol):
 
     def execute(self, plan: StepPlan) -> StepOutput:
         """Apply the plan's moves, set each chunk's adapters (its sequence's (handle, scale) pairs),
-        decode, and sample every chunk that samples."""
+        decode, and sample every chunk that samples; score the sampled tokens of sequences that asked,
+        and the prompt tokens of prompt chunks whose sequences asked (`prompt_logprobs`)."""
         ...
 
     def rebuild_context(self) -> None:

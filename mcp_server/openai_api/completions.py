@@ -12,7 +12,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -32,7 +32,9 @@ from engine import (
     ModelInfo,
     RequestStatus,
     SamplingParams,
+    TokenLogprob,
     ToolCallDelta,
+    TopLogprob,
     UnknownAdapter,
 )
 from mcp_server.keep_alive import keep_alive
@@ -82,6 +84,8 @@ class Completions:
                 raise from_engine(exc) from None
         except OpenAIError as exc:
             return exc.response()
+        if isinstance(fmt, _TextFormat) and isinstance(req, CompletionRequest) and req.echo:
+            fmt.echo = req.text
         answer = _Answer(fmt, req.model, include_usage=bool(req.stream_options and req.stream_options.include_usage))
         if req.stream:
             return _EventStream(stream, answer.chunks(stream))
@@ -96,19 +100,20 @@ class Completions:
             sampling_fields["max_tokens"] = req.max_tokens
         try:
             sampling = SamplingParams(**sampling_fields)
-            constraint = {
+            output_options = {
                 "json_schema": req.output_schema,
                 "json_schema_strict": req.output_schema_strict,
                 "grammar": req.grammar,
+                **req.logprob_fields(),
             }
             if isinstance(req, CompletionRequest):
-                request = GenerateRequest(prompt=req.text, sampling=sampling, adapters=adapters, **constraint)
+                request = GenerateRequest(prompt=req.text, sampling=sampling, adapters=adapters, **output_options)
             else:
                 request = GenerateRequest(
                     messages=_chat(req.messages),
                     sampling=sampling,
                     adapters=adapters,
-                    **constraint,
+                    **output_options,
                     **req.tool_fields(),
                 )
         except ValidationError as exc:
@@ -203,17 +208,40 @@ class _Format:
 
     def choice(self, result: GenerationResult) -> dict[str, Any]: ...
     def delta(self, text: str, first: bool, finish_reason: str | None) -> dict[str, Any]: ...
+    def logprobs(self, tokens: Sequence[TokenLogprob], text_start: int = 0) -> dict[str, Any]: ...
 
 
 class _TextFormat(_Format):
+    """/v1/completions. `echo`: the prompt comes first in the text (and its tokens' logprobs, when asked)."""
+
     object = chunk_object = "text_completion"
     id_prefix = "cmpl-"
 
+    def __init__(self, echo: str | None = None) -> None:
+        self.echo = echo
+
     def choice(self, result: GenerationResult) -> dict[str, Any]:
-        return self.delta(result.text, False, _finish_reason(result))
+        prefix = self.echo or ""
+        choice = self.delta(prefix + result.text, False, _finish_reason(result))
+        if result.logprobs is not None:
+            choice["logprobs"] = self.logprobs([*(result.prompt_logprobs or ()), *result.logprobs])
+        return choice
 
     def delta(self, text: str, first: bool, finish_reason: str | None) -> dict[str, Any]:
         return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+
+    def logprobs(self, tokens: Sequence[TokenLogprob], text_start: int = 0) -> dict[str, Any]:
+        """OpenAI's legacy form: parallel lists, and each token's offset in the choice's text."""
+        offsets, at = [], text_start
+        for t in tokens:
+            offsets.append(at)
+            at += len(t.token)
+        return {
+            "tokens": [t.token for t in tokens],
+            "token_logprobs": [t.logprob for t in tokens],
+            "top_logprobs": [{a.token: a.logprob for a in t.top} if t.logprob is not None else None for t in tokens],
+            "text_offset": offsets,
+        }
 
 
 class _ChatFormat(_Format):
@@ -229,7 +257,8 @@ class _ChatFormat(_Format):
                 {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
                 for c in result.tool_calls
             ]
-        return {"index": 0, "message": message, "logprobs": None, "finish_reason": _finish_reason(result)}
+        logprobs = self.logprobs(result.logprobs) if result.logprobs is not None else None
+        return {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": _finish_reason(result)}
 
     def delta(self, text: str, first: bool, finish_reason: str | None) -> dict[str, Any]:
         delta: dict[str, Any] = {"role": "assistant", "content": text} if first else {}
@@ -237,22 +266,23 @@ class _ChatFormat(_Format):
             delta["content"] = text
         return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
 
+    def logprobs(self, tokens: Sequence[TokenLogprob], text_start: int = 0) -> dict[str, Any]:
+        return {"content": [_chat_logprob(t) | {"top_logprobs": [_chat_logprob(a) for a in t.top]} for t in tokens]}
+
     def tool_call_delta(self, calls: tuple[ToolCallDelta, ...]) -> dict[str, Any]:
         """OpenAI's pieces of calls: the first of each with its id, type and name, then arguments text."""
         pieces = []
         for c in calls:
             if c.id is not None:
-                pieces.append(
-                    {
-                        "index": c.index,
-                        "id": c.id,
-                        "type": "function",
-                        "function": {"name": c.name, "arguments": c.arguments},
-                    }
-                )
+                function = {"name": c.name, "arguments": c.arguments}
+                pieces.append({"index": c.index, "id": c.id, "type": "function", "function": function})
             else:
                 pieces.append({"index": c.index, "function": {"arguments": c.arguments}})
         return {"index": 0, "delta": {"tool_calls": pieces}, "logprobs": None, "finish_reason": None}
+
+
+def _chat_logprob(token: TokenLogprob | TopLogprob) -> dict[str, Any]:
+    return {"token": token.token, "logprob": token.logprob, "bytes": list(token.bytes)}
 
 
 def _finish_reason(result: GenerationResult) -> str:
@@ -289,31 +319,48 @@ class _Answer:
         """The stream's events, serialized. A token's chunk is a template filled with its text: every
         chunk of a stream is the same object but for the text, and this runs once per token per client."""
         usage: dict[str, Any] = {"usage": None} if self._include_usage else {}
+        fmt = self._fmt
 
         def chunk(choice: dict[str, Any], **more: Any) -> str:
-            return sse_json(self._envelope(self._fmt.chunk_object) | {"choices": [choice]} | usage | more)
+            return sse_json(self._envelope(fmt.chunk_object) | {"choices": [choice]} | usage | more)
 
-        prefix, _, suffix = chunk(self._fmt.delta(_HOLE, False, None)).partition(json.dumps(_HOLE))
+        prefix, _, suffix = chunk(fmt.delta(_HOLE, False, None)).partition(json.dumps(_HOLE))
         first = True
-        if isinstance(self._fmt, _ChatFormat):  # the role comes first, before any token, as OpenAI sends it
-            yield chunk(self._fmt.delta("", True, None))
+        if isinstance(fmt, _ChatFormat):  # the role comes first, before any token, as OpenAI sends it
+            yield chunk(fmt.delta("", True, None))
             first = False
+        echo = fmt.echo if isinstance(fmt, _TextFormat) else None
+        offset = 0  # where the next token's text starts in the choice's text (completions' text_offset)
         async for delta in stream:
+            if echo is not None:  # the prompt, with its tokens' logprobs when asked (they come with the first delta)
+                yield chunk(fmt.delta(echo, False, None) | _scored(fmt, delta.prompt_logprobs, 0))
+                offset, echo = len(echo), None
             if delta.tool_calls:
-                assert isinstance(self._fmt, _ChatFormat)
-                yield chunk(self._fmt.tool_call_delta(delta.tool_calls))
+                assert isinstance(fmt, _ChatFormat)
+                yield chunk(fmt.tool_call_delta(delta.tool_calls))
+            if delta.logprobs:
+                yield chunk(fmt.delta(delta.text, first, None) | _scored(fmt, delta.logprobs, offset))
+                offset += sum(len(t.token) for t in delta.logprobs)
+                first = False
+                continue
             if not delta.text:
                 continue
             if first:
-                yield chunk(self._fmt.delta(delta.text, True, None))
+                yield chunk(fmt.delta(delta.text, True, None))
                 first = False
             else:
                 yield prefix + sse_json(delta.text) + suffix
+        if echo is not None:
+            yield chunk(fmt.delta(echo, False, None))
         result = stream.result
         assert result is not None
-        yield chunk(self._fmt.delta("", first, _finish_reason(result)), **_provenance(result))
+        yield chunk(fmt.delta("", first, _finish_reason(result)), **_provenance(result))
         if self._include_usage:
-            yield json.dumps(self._envelope(self._fmt.chunk_object) | {"choices": [], "usage": _usage(result)})
+            yield json.dumps(self._envelope(fmt.chunk_object) | {"choices": [], "usage": _usage(result)})
+
+
+def _scored(fmt: _Format, tokens: Sequence[TokenLogprob], text_start: int) -> dict[str, Any]:
+    return {"logprobs": fmt.logprobs(tokens, text_start)} if tokens else {}
 
 
 _HOLE = "\x00hole\x00"  # a text no token produces, replaced by each token's text

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, 
 from engine.request import (
     MAX_PROMPT_CHARS,
     MAX_TOOLS,
+    MAX_TOP_LOGPROBS,
     TOOL_NAME_PATTERN,
     AdapterRef,
     NamedToolChoice,
@@ -177,8 +178,6 @@ class _Common(BaseModel):
     frequency_penalty: _like("frequency_penalty")  # type: ignore[valid-type]
     presence_penalty: _like("presence_penalty")  # type: ignore[valid-type]
     n: int | None = None
-    logprobs: Any = None
-    top_logprobs: int | None = None
     logit_bias: dict[str, float] | None = None
     user: str | None = Field(None, max_length=256)  # an end-user id for the caller's own records; ignored
     # llama.cpp's sampling extras, as llama-server and vLLM take them
@@ -196,11 +195,6 @@ class _Common(BaseModel):
     @classmethod
     def _one_choice(cls, n: int | None) -> int | None:
         return _off(n, (None, 1), "only n=1 is supported (one choice per request); send several requests instead")
-
-    @field_validator("logprobs", "top_logprobs")
-    @classmethod
-    def _no_logprobs(cls, value: Any) -> Any:
-        return _off(value, (None, False, 0), "log probabilities are not supported; omit it")
 
     @field_validator("logit_bias")
     @classmethod
@@ -233,6 +227,7 @@ class CompletionRequest(_Common):
     prompt: str | list[str] = Field(description="Text to complete (a list of exactly one string is accepted).")
     # OpenAI's legacy default
     max_tokens: int | None = Field(16, ge=1)
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)  # alternatives per token
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None
@@ -243,11 +238,6 @@ class CompletionRequest(_Common):
         if isinstance(prompt, list) and len(prompt) != 1:
             raise ValueError("give one string (batches of prompts are not supported; send one request each)")
         return prompt
-
-    @field_validator("echo")
-    @classmethod
-    def _no_echo(cls, echo: bool) -> bool:
-        return _off(echo, (False,), "not supported; the prompt is not repeated in the answer")
 
     @field_validator("suffix")
     @classmethod
@@ -263,6 +253,10 @@ class CompletionRequest(_Common):
     def text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
+    def logprob_fields(self) -> dict[str, Any]:
+        """The engine request's logprobs; `echo` with logprobs scores the prompt too (log-likelihoods)."""
+        return {"logprobs": self.logprobs, "prompt_logprobs": self.echo and self.logprobs is not None}
+
     @property
     def output_schema(self) -> dict[str, Any] | None:
         return self.json_schema
@@ -277,9 +271,20 @@ class ChatCompletionRequest(_Common):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     tools: list[Tool] | None = Field(None, max_length=MAX_TOOLS)
     tool_choice: Literal["auto", "none", "required"] | ToolChoiceFunction | None = None
     parallel_tool_calls: bool | None = None
+
+    @model_validator(mode="after")
+    def _top_logprobs_need_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("`top_logprobs` needs `logprobs: true`")
+        return self
+
+    def logprob_fields(self) -> dict[str, Any]:
+        return {"logprobs": (self.top_logprobs or 0) if self.logprobs else None}
 
     @model_validator(mode="after")
     def _one_limit(self) -> ChatCompletionRequest:

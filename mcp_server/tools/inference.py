@@ -84,6 +84,8 @@ TOOL_PARAMETERS: dict[str, tuple[Any, Any]] = {
     "json_schema": _from_field(_request["json_schema"]),
     "json_schema_strict": _from_field(_request["json_schema_strict"]),
     "grammar": _from_field(_request["grammar"]),
+    "logprobs": _from_field(_request["logprobs"]),
+    "prompt_logprobs": _from_field(_request["prompt_logprobs"]),
     "adapters": _from_field(_request["adapters"], optional=True),
     "adapter": _from_field(
         AdapterRef.model_fields["name"],
@@ -230,20 +232,22 @@ def _request_from(arguments: dict[str, Any]) -> GenerateRequest:
     adapters = arguments["adapters"] or ()
     if arguments["adapter"] is not None:
         adapters = (AdapterRef(name=arguments["adapter"]),)
-    constraint = {
+    output_options = {
         "json_schema": arguments["json_schema"],
         "json_schema_strict": arguments["json_schema_strict"],
         "grammar": arguments["grammar"],
+        "logprobs": arguments["logprobs"],
+        "prompt_logprobs": arguments["prompt_logprobs"],
     }
     try:
         sampling = SamplingParams(**{name: arguments[name] for name in SamplingParams.model_fields})
         if arguments["raw"]:
-            return GenerateRequest(prompt=prompt, sampling=sampling, adapters=adapters, **constraint)
+            return GenerateRequest(prompt=prompt, sampling=sampling, adapters=adapters, **output_options)
         chat = [ChatMessage(role="user", content=prompt)] if prompt is not None else list(messages)
         if system is not None:
             if chat[0].role == "system":
                 raise ToolError("`system` was given and `messages` already starts with a system message: keep one")
             chat.insert(0, ChatMessage(role="system", content=system))
-        return GenerateRequest(messages=tuple(chat), sampling=sampling, adapters=adapters, **constraint)
+        return GenerateRequest(messages=tuple(chat), sampling=sampling, adapters=adapters, **output_options)
     except ValidationError as exc:
         raise ToolError(describe(exc)) from exc

@@ -93,6 +93,29 @@ async def test_deltas_add_up_to_the_result_with_usage_and_finish_reason(open_eng
         assert [d.completion_tokens for d in deltas] == sorted(d.completion_tokens for d in deltas)
 
 
+async def test_logprobs_come_with_their_tokens_in_deltas_and_result(open_engine: Callable[..., Any]) -> None:
+    sampling = SamplingParams(max_tokens=5, ignore_eos=True, temperature=0.0)
+    async with open_engine() as engine:
+        async with engine.generate(ask(sampling=sampling, logprobs=1, prompt_logprobs=True)) as stream:
+            deltas = [delta async for delta in stream]
+        result = stream.result
+        assert result is not None and result.logprobs is not None and result.prompt_logprobs is not None
+        assert [t for d in deltas for t in d.logprobs] == result.logprobs and len(result.logprobs) == 5
+        assert "".join(t.token for t in result.logprobs) == result.text
+        assert all(t.top[0].id == t.id and t.logprob is not None and t.logprob <= 0 for t in result.logprobs)
+        assert list(deltas[0].prompt_logprobs) == result.prompt_logprobs  # with the first delta
+        assert len(result.prompt_logprobs) == result.usage.prompt_tokens and result.prompt_logprobs[0].logprob is None
+        plain = await _complete(engine, ask(sampling=sampling))
+        assert plain.logprobs is None and plain.prompt_logprobs is None and plain.text == result.text
+
+
+async def _complete(engine: InferenceEngine, request: GenerateRequest) -> Any:
+    async with engine.generate(request) as stream:
+        async for _ in stream:
+            pass
+    return stream.result
+
+
 async def test_abort_ends_the_stream_as_cancelled_and_frees_the_request(open_engine: Callable[..., Any]) -> None:
     async with open_engine() as engine:
         async with engine.generate(ask()) as stream:

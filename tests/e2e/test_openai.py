@@ -218,6 +218,47 @@ def test_adapter_routes_refuse_what_load_adapter_refuses(base_url: str) -> None:
     assert status == 404 and body["error"]["code"] == "adapter_not_found"
 
 
+# -- log-probabilities ---------------------------------------------------------------------------------
+
+
+def test_chat_logprobs_name_each_token_and_greedy_picks_the_top_1(client: openai.OpenAI) -> None:
+    answer = client.chat.completions.create(
+        model=BASE_MODEL, messages=QUESTION, max_tokens=12, logprobs=True, top_logprobs=3, **GREEDY
+    )
+    choice = answer.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content
+    tokens = choice.logprobs.content
+    assert "".join(t.token for t in tokens) == choice.message.content
+    for t in tokens:
+        assert len(t.top_logprobs) == 3 and t.top_logprobs[0].token == t.token
+        assert t.top_logprobs[0].logprob == t.logprob and bytes(t.bytes or []).decode() == t.token
+    streamed = client.chat.completions.create(
+        model=BASE_MODEL, messages=QUESTION, max_tokens=12, logprobs=True, top_logprobs=3, stream=True, **GREEDY
+    )
+    pieces = [t for c in streamed if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content or ()]
+    assert [(t.token, t.logprob) for t in pieces] == [(t.token, t.logprob) for t in tokens]
+
+
+def test_completions_echo_scores_every_prompt_token_after_the_first(client: openai.OpenAI) -> None:
+    prompt = "The capital of France is Paris, and the capital of Italy is Rome."
+    answer = client.completions.create(model=BASE_MODEL, prompt=prompt, max_tokens=1, echo=True, logprobs=2, **GREEDY)
+    choice = answer.choices[0]
+    assert choice.text.startswith(prompt) and choice.logprobs is not None
+    scored = choice.logprobs
+    n_prompt = answer.usage.prompt_tokens
+    assert "".join(scored.tokens[:n_prompt]) == prompt
+    assert scored.token_logprobs[0] is None and scored.top_logprobs[0] is None
+    assert all(lp is not None and lp <= 0 for lp in scored.token_logprobs[1:])
+    assert len(scored.token_logprobs) == n_prompt + 1 and scored.text_offset[n_prompt] == len(prompt)
+    assert all(len(top) == 2 for top in scored.top_logprobs[1:])
+    streamed = client.completions.create(
+        model=BASE_MODEL, prompt=prompt, max_tokens=1, echo=True, logprobs=2, stream=True, **GREEDY
+    )
+    chunks = [c.choices[0] for c in streamed if c.choices]
+    assert "".join(c.text for c in chunks) == choice.text
+    assert [lp for c in chunks if c.logprobs for lp in c.logprobs.token_logprobs] == scored.token_logprobs
+
+
 # -- errors ------------------------------------------------------------------------------------------
 
 
@@ -226,7 +267,7 @@ def test_adapter_routes_refuse_what_load_adapter_refuses(base_url: str) -> None:
     [
         ({"n": 2}, "n", "only n=1"),
         ({"temperature": 5}, "temperature", "less than or equal to 2"),
-        ({"logprobs": True}, "logprobs", "not supported"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", "less than or equal to 20"),
         ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools.0.function.name", "match"),
         ({"extra_body": {"frobnicate": 1}}, "frobnicate", "not a field"),
         ({"max_tokens": 0}, "max_tokens", "greater than or equal to 1"),

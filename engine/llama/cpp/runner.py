@@ -29,9 +29,11 @@ from engine.llama.cpp.context_adapters import ContextAdapters, OneSetPerStep, Pe
 from engine.llama.cpp.cpu_share import ThreadGovernor
 from engine.llama.cpp.devices import can_offload, gpu_names
 from engine.llama.cpp.log import quiet_llama_logs
+from engine.llama.cpp.logprobs import RowScores, logits_row
 from engine.llama.cpp.sampler import LlamaSampler, NonFiniteLogits
 from engine.llama.cpp.step_batch import StepBatch
 from engine.llama.cpp.vocab import LlamaVocab
+from engine.llama.scheduling.sequence import Sequence, TokenScores
 from engine.llama.scheduling.step import StepOutput, StepPlan
 from engine.request import MAX_ADAPTERS_PER_REQUEST, AdapterKey, SamplingParams
 
@@ -142,10 +144,12 @@ class LlamaRunner:
 
     # -- requests ---------------------------------------------------------------------------------------
 
-    def add_sequence(self, request_id: int, sampling: SamplingParams, constraint: Any = None) -> None:
+    def add_sequence(
+        self, request_id: int, sampling: SamplingParams, constraint: Any = None, logprobs: int | None = None
+    ) -> None:
         mask = TokenMask(constraint, self.vocab.n_tokens) if constraint is not None else None
         banned = self.vocab.eog_tokens if sampling.ignore_eos else ()
-        self._samplers[request_id] = LlamaSampler(self.ctx, self.vocab.n_tokens, sampling, mask, banned)
+        self._samplers[request_id] = LlamaSampler(self.ctx, self.vocab.n_tokens, sampling, mask, banned, logprobs)
 
     def remove_sequence(self, request_id: int | None, seq_id: int | None) -> None:
         sampler = self._samplers.pop(request_id, None)
@@ -172,7 +176,7 @@ class LlamaRunner:
         try:
             self._follow_cpu_share()
             output.adapter_switched = self._adapters.apply(plan.adapter_handles)
-            to_sample = self._batch.fill(plan)
+            to_sample, prompt_rows = self._batch.fill(plan)
             rc = llama_cpp.llama_decode(self.ctx, self._batch.batch)
             if rc != 0:
                 raise EngineFailure(f"llama_decode returned {rc}")
@@ -182,9 +186,14 @@ class LlamaRunner:
                 (c.seq, EngineFailure("the model failed on this step; retry the request")) for c in plan.chunks
             ]
             return output
+        for seq, first_row, start_pos, count in prompt_rows:  # before sampling, which changes its row in place
+            output.prompt_scores.append((seq, self._prompt_scores(seq, first_row, start_pos, count)))
         for seq, row in to_sample:
             try:
-                output.sampled.append((seq, self._samplers[seq.request_id].sample(row)))
+                sampler = self._samplers[seq.request_id]
+                output.sampled.append((seq, sampler.sample(row)))
+                if sampler.scores is not None:
+                    output.sampled_scores[seq.request_id] = sampler.scores
             except NonFiniteLogits:
                 named = tuple((use.name, use.scale) for use in seq.adapters_used)
                 logger.warning("request %d: non-finite logits (adapters %s)", seq.request_id, named)
@@ -198,6 +207,17 @@ class LlamaRunner:
                     (seq, EngineFailure("sampling failed for this request (the server log has details); retry it"))
                 )
         return output
+
+    def _prompt_scores(self, seq: Sequence, first_row: int, start_pos: int, count: int) -> list[TokenScores]:
+        """The prompt tokens this chunk's rows predict (each row the next token; the prompt's last row
+        predicts the first generated one, which sampling scores), each scored by the row before it."""
+        prompt = seq.prompt_tokens
+        end = min(start_pos + count, len(prompt) - 1)
+        k = seq.logprobs or 0
+        return [
+            RowScores(logits_row(self.ctx, first_row + pos - start_pos, self.vocab.n_tokens)).scores(prompt[pos + 1], k)
+            for pos in range(start_pos, end)
+        ]
 
     def _follow_cpu_share(self) -> None:
         if self._governor is not None and (threads := self._governor.update()) != self._threads:

@@ -11,16 +11,14 @@ import llama_cpp
 import numpy as np
 
 from engine.llama.cpp.constraints import TokenMask
+from engine.llama.cpp.logprobs import RowScores, _logits_address
 from engine.llama.cpp.penalties import RecentTokens
+from engine.llama.scheduling.sequence import TokenScores
 from engine.request import SamplingParams
 
-# llama_get_logits_ith returning a plain address: the argmax path reads 49k floats in place, and
-# numpy's ctypes pointer conversion cost more than the argmax itself (~25 µs a call on the decode thread,
-# where every Python line runs with caches cold after llama_decode). A second function object: the
-# llama_cpp module's own binding keeps its restype.
-_logits_address = llama_cpp.llama_cpp._lib["llama_get_logits_ith"]
-_logits_address.argtypes = [llama_cpp.llama_context_p_ctypes, ctypes.c_int32]
-_logits_address.restype = ctypes.c_void_p
+# The logits as a plain address (logprobs.py): the argmax path reads 49k floats in place, and numpy's
+# ctypes pointer conversion cost more than the argmax itself (~25 µs a call on the decode thread, where
+# every Python line runs with caches cold after llama_decode).
 
 
 class NonFiniteLogits(ArithmeticError):
@@ -37,7 +35,10 @@ class LlamaSampler:
 
     A row whose largest logit is not finite (NaN, which the argmax and `max` both return when present,
     or +inf, or -inf everywhere) raises NonFiniteLogits before any token is taken: a numerically broken
-    adapter fails its own request, and llama.cpp's chain never draws from NaN probabilities."""
+    adapter fails its own request, and llama.cpp's chain never draws from NaN probabilities.
+
+    With `logprobs` (alternatives per token), `scores` holds the sampled token's log-probability and the
+    likeliest alternatives from the row as the draw saw it (after bans, mask and penalties)."""
 
     def __init__(
         self,
@@ -46,6 +47,7 @@ class LlamaSampler:
         params: SamplingParams,
         mask: TokenMask | None = None,
         banned: Collection[int] = (),
+        logprobs: int | None = None,
     ) -> None:
         self._ctx = ctx
         self._row = ctypes.c_float * n_vocab
@@ -53,6 +55,8 @@ class LlamaSampler:
         self._banned = np.fromiter(banned, dtype=np.intp) if banned else None
         self._recent = RecentTokens(params) if RecentTokens.wanted(params) else None
         self._chain = None if params.temperature == 0.0 else _draw_chain(params)  # greedy: an argmax
+        self._logprobs = logprobs
+        self.scores: TokenScores | None = None  # the last sampled token's, when logprobs are asked for
 
     @property
     def argmax(self) -> bool:
@@ -78,7 +82,11 @@ class LlamaSampler:
         else:
             if not math.isfinite(view.max()):
                 raise NonFiniteLogits
+        scores = RowScores(view) if self._logprobs is not None else None  # before the chain changes the row
+        if self._chain is not None:
             token = llama_cpp.llama_sampler_sample(self._chain, self._ctx, row)
+        if scores is not None:
+            self.scores = scores.scores(token, self._logprobs or 0)
         if self._mask is not None:
             self._mask.accept(token)
         if self._recent is not None:

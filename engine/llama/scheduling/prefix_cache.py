@@ -59,11 +59,12 @@ class PrefixCache:
     def cells(self) -> int:
         return sum(len(w.tokens) for w in self._warm.values())
 
-    def admit(self, slot: int, adapter_key: AdapterKey, prompt: list[int]) -> Reuse:
+    def admit(self, slot: int, adapter_key: AdapterKey, prompt: list[int], *, reuse: bool = True) -> Reuse:
         """The reuse for a request taking `slot`: the warm slot sharing the longest prefix under the same
-        adapter set (at most all but the prompt's last token, whose logits the request needs)."""
+        adapter set (at most all but the prompt's last token, whose logits the request needs); none
+        unless `reuse`."""
         best, shared = None, 0
-        candidates = [(seq_id, w) for seq_id, w in self._warm.items() if w.adapter_key == adapter_key]
+        candidates = [(s, w) for s, w in self._warm.items() if w.adapter_key == adapter_key] if reuse else []
         if candidates:
             wanted = np.asarray(prompt[:-1], dtype=np.int32)  # the last token's logits must be computed
             for seq_id, warm in candidates:

@@ -23,3 +23,5 @@ class PreparedRequest:
     submitted_at: float
     deadline: float
     constraint: Any = None  # an llguidance matcher for json_schema / grammar (engine/llama/cpp/constraints.py)
+    logprobs: int | None = None  # alternatives per token, when the request asks for log-probabilities
+    prompt_logprobs: bool = False

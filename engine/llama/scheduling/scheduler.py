@@ -104,10 +104,17 @@ class Scheduler:
             if seq.request_id not in failed and seq.is_prefilling:
                 seq.num_prefilled += len(chunk.tokens)
                 self.prompt_tokens_read += len(chunk.tokens)
+        for seq, scores in output.prompt_scores:
+            seq.add_prompt_scores(scores, self._vocab)
         for seq, token in output.sampled:
             text = seq.accept(token, self._vocab, now)
-            if text:
-                events.append(RequestOutput(seq.request_id, TextDelta(text, len(seq.completion_tokens), now)))
+            logprob = seq.add_scores(output.sampled_scores.get(seq.request_id), self._vocab)
+            # the prompt's scores (complete: its last chunk and the first sample share a step) go with the first delta
+            prompt = tuple(seq.prompt_token_logprobs) if len(seq.completion_tokens) == 1 else ()
+            if text or logprob or prompt:
+                logprobs = (logprob,) if logprob else ()
+                delta = TextDelta(text, len(seq.completion_tokens), now, (), logprobs, prompt)
+                events.append(RequestOutput(seq.request_id, delta))
             if seq.is_finished:
                 self.remove(seq)
                 events.append(RequestFinished(seq.request_id, seq.result(self._model)))
@@ -135,7 +142,10 @@ class Scheduler:
             seq.status = SeqStatus.RUNNING
             seq.admitted_at = now
             self.running[seq.seq_id] = seq
-            reuse = self.prefix_cache.admit(seq.seq_id, seq.adapter_key, seq.prompt_tokens)
+            # a request scoring its prompt reads all of it: every row's logits are wanted
+            reuse = self.prefix_cache.admit(
+                seq.seq_id, seq.adapter_key, seq.prompt_tokens, reuse=not seq.prompt_logprobs
+            )
             seq.num_prefilled = reuse.keep  # its prefill starts after the shared prefix
             reuses.append(reuse)
         return reuses

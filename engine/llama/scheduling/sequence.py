@@ -13,7 +13,19 @@ from engine.llama.scheduling.prepared import PreparedRequest
 from engine.llama.scheduling.text_stream import StopMatcher, Utf8Decoder
 from engine.llama.vocab import Vocab
 from engine.request import AdapterKey, SamplingParams
-from engine.result import AdapterUse, FinishReason, GenerationResult, Receipt, Timings, Usage
+from engine.result import (
+    AdapterUse,
+    FinishReason,
+    GenerationResult,
+    Receipt,
+    Timings,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
+
+# A token's log-probability where it stood, and the likeliest alternatives: (token, logprob, ((id, logprob), …))
+TokenScores = tuple[int, float | None, tuple[tuple[int, float], ...]]
 
 
 class SeqStatus(enum.Enum):
@@ -32,6 +44,8 @@ class Sequence:
     max_new_tokens: int  # sampling.max_tokens clamped to the sequence's context
     submitted_at: float
     deadline: float
+    logprobs: int | None = None  # alternatives per token, when the request asks for log-probabilities
+    prompt_logprobs: bool = False
 
     adapters_used: tuple[AdapterUse, ...] = ()  # by hash, with scales: fixed at admission
     # the adapter set as the runner applies it, (handle, scale) pairs, fixed at admission: held adapters
@@ -47,6 +61,8 @@ class Sequence:
     first_token_at: float | None = None
     finished_at: float | None = None
     finish_reason: FinishReason | None = None
+    token_logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_token_logprobs: list[TokenLogprob] = field(default_factory=list)
     _decoder: Utf8Decoder = field(default_factory=Utf8Decoder)
     _stop: StopMatcher | None = None
 
@@ -63,6 +79,8 @@ class Sequence:
             max_new_tokens=prepared.max_new_tokens,
             submitted_at=prepared.submitted_at,
             deadline=prepared.deadline,
+            logprobs=prepared.logprobs,
+            prompt_logprobs=prepared.prompt_logprobs,
         )
 
     @property
@@ -102,6 +120,20 @@ class Sequence:
                 delta += self._finish_with_tail("length", now)
         self.text_parts.append(delta)
         return delta
+
+    def add_scores(self, scores: TokenScores | None, vocab: Vocab) -> TokenLogprob | None:
+        """Record the last accepted token's log-probability (when asked for; an end-of-generation token
+        that ended the text has none, as it has no text)."""
+        if scores is None or (vocab.is_eog(scores[0]) and not self.sampling.ignore_eos):
+            return None
+        logprob = token_logprob(scores, vocab)
+        self.token_logprobs.append(logprob)
+        return logprob
+
+    def add_prompt_scores(self, scores: list[TokenScores], vocab: Vocab) -> None:
+        if not self.prompt_token_logprobs:  # the first token: nothing before it to score it by
+            self.prompt_token_logprobs.append(token_logprob((self.prompt_tokens[0], None, ()), vocab))
+        self.prompt_token_logprobs += [token_logprob(s, vocab) for s in scores]
 
     def cancel(self, now: float) -> None:
         self._set_finished("cancelled", now)
@@ -146,4 +178,18 @@ class Sequence:
                 seed=self.sampling.seed if self.sampling.seed is not None else 0,
                 sampling=self.sampling,
             ),
+            logprobs=self.token_logprobs if self.logprobs is not None else None,
+            prompt_logprobs=self.prompt_token_logprobs if self.prompt_logprobs else None,
         )
+
+
+def token_logprob(scores: TokenScores, vocab: Vocab) -> TokenLogprob:
+    token, logprob, top = scores
+    return TokenLogprob(*_spelled(token, vocab), logprob, tuple(TopLogprob(*_spelled(t, vocab), lp) for t, lp in top))
+
+
+def _spelled(token: int, vocab: Vocab) -> tuple[str, int, tuple[int, ...]]:
+    data = vocab.token_bytes(token)
+    if not data:  # a control token (end of turn, BOS): its own text, so it can be told apart
+        return vocab.token_text(token), token, tuple(vocab.token_text(token).encode())
+    return data.decode("utf-8", errors="replace"), token, tuple(data)

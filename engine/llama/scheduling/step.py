@@ -9,7 +9,7 @@ from typing import Any
 
 from engine.errors import EngineError
 from engine.llama.scheduling.prefix_cache import Reuse
-from engine.llama.scheduling.sequence import Sequence
+from engine.llama.scheduling.sequence import Sequence, TokenScores
 from engine.request import AdapterKey
 
 
@@ -51,5 +51,8 @@ class StepPlan:
 @dataclass(slots=True)
 class StepOutput:
     sampled: list[tuple[Sequence, int]] = field(default_factory=list)  # (sequence, sampled token)
+    # for requests that asked: request id → the sampled token's scores; the prompt tokens' scores read this step
+    sampled_scores: dict[int, TokenScores] = field(default_factory=dict)
+    prompt_scores: list[tuple[Sequence, list[TokenScores]]] = field(default_factory=list)
     failed: list[tuple[Sequence, EngineError]] = field(default_factory=list)  # each with its own error
     adapter_switched: bool = False  # the step changed the adapter set (a cost worth counting)
