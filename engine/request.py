@@ -202,6 +202,13 @@ class GenerateRequest(BaseModel):
         "(0: the token's alone), from the distribution the token was drawn from: the model's (with the "
         "request's adapters) after penalties and json_schema / grammar, before temperature and top-k/p.",
     )
+    batch_id: str | None = Field(
+        None,
+        max_length=64,
+        description="Requests with the same batch_id are one caller's batch (llm_batch sets it): while other "
+        "requests wait, a batch holds at most half of the sequence slots (its newest members wait again, "
+        "resumed later with their output so far, exactly as if uninterrupted).",
+    )
     prompt_logprobs: bool = Field(
         False,
         description="Return the log-probability of every prompt token after the first, given the ones before it "

@@ -174,7 +174,7 @@ class EngineCore:
             places[seq.request_id] = ("queued", ahead, 0)
         for seq in self.scheduler.running.values():
             if seq.is_prefilling:
-                places[seq.request_id] = ("reading", seq.num_prefilled, seq.num_prompt_tokens)
+                places[seq.request_id] = ("reading", seq.num_prefilled, len(seq.prefill_tokens))
         previous, self._places = self._places, places
         for request_id, place in places.items():
             if previous.get(request_id) != place:
@@ -258,12 +258,7 @@ class EngineCore:
         slot = seq.seq_id if seq.status is SeqStatus.RUNNING else None
         if slot is not None and counter != "requests_failed":
             # prompt (and answer but its last token, which was never decoded) stay for a later request
-            cached = (
-                seq.prompt_tokens[: seq.num_prefilled]
-                if seq.is_prefilling
-                else seq.prompt_tokens + seq.completion_tokens[:-1]
-            )
-            if self.scheduler.prefix_cache.keep(slot, seq.adapter_key, cached):
+            if self.scheduler.prefix_cache.keep(slot, seq.adapter_key, seq.held_tokens()):
                 slot = None
         self.runner.remove_sequence(seq.request_id, slot)
         self.adapters.release(seq.adapter_hold)
@@ -319,6 +314,12 @@ class EngineCore:
                     "Running requests' KV moved to keep the sequence ids of each step contiguous.",
                     "counter",
                     llama["sequence_moves"],
+                ),
+                BackendMetric(
+                    "sequence_preemptions",
+                    "Batch members that gave their slot to requests from outside the batch (resumed later).",
+                    "counter",
+                    self.scheduler.preemptions,
                 ),
                 BackendMetric(
                     "context_rebuilds",

@@ -65,6 +65,7 @@ class RequestPreparer:
             adapters=request.adapters,
             logprobs=request.logprobs,
             prompt_logprobs=request.prompt_logprobs,
+            batch_id=request.batch_id,
             adapter_key=request.adapter_key,
             max_new_tokens=min(request.sampling.max_tokens, limit - len(tokens)),
             submitted_at=submitted_at,

@@ -102,14 +102,30 @@ class RefusedCall(ToolError):
     """A call refused before it reached the engine (the server counts it in loramux_requests)."""
 
 
+def engine_request(engine: InferenceEngine, arguments: dict[str, Any]) -> GenerateRequest:
+    """The engine request for llm_inference's arguments; RefusedCall saying what is wrong."""
+    try:
+        request = _request_from(arguments)
+    except ToolError as exc:
+        raise RefusedCall(str(exc)) from exc.__cause__
+    if (info := engine.model_info) is not None and (problem := info.capabilities.problem_with(request)):
+        raise RefusedCall(problem)
+    return request
+
+
+def inference_result(engine: InferenceEngine, request: GenerateRequest, result: GenerationResult) -> InferenceResult:
+    info = engine.model_info
+    return InferenceResult(
+        **result.model_dump(),
+        model=info.name if info else "",
+        adapters=list(request.adapters),
+        json=parsed_json(request, result),
+    )
+
+
 def register(mcp: MCPServer, engine: InferenceEngine, metrics: Metrics) -> None:
     async def llm_inference(ctx: Context, **arguments: Any) -> InferenceResult:
-        try:
-            request = _request_from(arguments)
-        except ToolError as exc:
-            raise RefusedCall(str(exc)) from exc.__cause__
-        if (info := engine.model_info) is not None and (problem := info.capabilities.problem_with(request)):
-            raise RefusedCall(problem)
+        request = engine_request(engine, arguments)
         progress = _Progress(ctx, request.sampling.max_tokens)
         stream = metrics.generate(engine, request, "mcp", TOOL_NAME)
         error: EngineError | None = None
@@ -132,13 +148,7 @@ def register(mcp: MCPServer, engine: InferenceEngine, metrics: Metrics) -> None:
         result = stream.result
         assert result is not None
         await progress.finish(result.usage.completion_tokens)
-        info = engine.model_info
-        return InferenceResult(
-            **result.model_dump(),
-            model=info.name if info else "",
-            adapters=list(request.adapters),
-            json=parsed_json(request, result),
-        )
+        return inference_result(engine, request, result)
 
     parameters = [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context)]
     parameters += [

@@ -18,12 +18,13 @@ from engine.errors import bounded
 from mcp_server.arguments import describe, unknown_arguments
 from mcp_server.disconnects import abandon_when_gone
 from mcp_server.metrics import Metrics
-from mcp_server.tools import adapters, inference
+from mcp_server.tools import adapters, batch, inference
 from mcp_server.tools.inference import RefusedCall
 
 INSTRUCTIONS = """\
 loramux serves a small local language model. Call llm_inference with a `prompt` (one user turn) or
-`messages` (a whole chat). The model is small: keep tasks simple and specific. LoRA adapters change
+`messages` (a whole chat); for many independent inputs, one llm_batch call with all of them is much
+faster than one call each. The model is small: keep tasks simple and specific. LoRA adapters change
 its behaviour per call: list_adapters shows them, load_adapter and unload_adapter manage them at
 runtime, and llm_inference's `adapter` selects one. Progress notifications carry the text as it grows."""
 
@@ -68,7 +69,7 @@ class LoramuxServer(MCPServer):
             raise ToolError(bounded(str(exc))) from exc.__cause__  # whatever input a message quotes
 
     def _refused(self, tool: str) -> None:
-        if tool == inference.TOOL_NAME:  # generation calls are what loramux_requests counts
+        if tool in (inference.TOOL_NAME, batch.TOOL_NAME):  # generation calls are what loramux_requests counts
             self._metrics.refused("mcp", tool, "invalid")
 
     def drop_prompts(self) -> None:
@@ -117,6 +118,7 @@ def build_server(engine: InferenceEngine, *, own_engine: bool = False, metrics: 
     )
     mcp.drop_prompts()
     inference.register(mcp, engine, metrics)
+    batch.register(mcp, engine, metrics)
     adapters.register(mcp, engine)
 
     @mcp.resource(

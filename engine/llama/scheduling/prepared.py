@@ -25,3 +25,4 @@ class PreparedRequest:
     constraint: Any = None  # an llguidance matcher for json_schema / grammar (engine/llama/cpp/constraints.py)
     logprobs: int | None = None  # alternatives per token, when the request asks for log-probabilities
     prompt_logprobs: bool = False
+    batch_id: str | None = None  # a batch's members share half the slots while others wait

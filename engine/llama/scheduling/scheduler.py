@@ -15,7 +15,7 @@ text, a RequestFinished or RequestFailed per request that ended.
 from __future__ import annotations
 
 import heapq
-from collections import deque
+from collections import Counter, deque
 
 from engine.info import ModelInfo
 from engine.llama.commands import Event, RequestFailed, RequestFinished, RequestOutput
@@ -42,6 +42,7 @@ class Scheduler:
         self._vocab = vocab
         self._model = model  # what results' receipts name
         self.prompt_tokens_read = 0  # prompt tokens added to the context, over all steps
+        self.preemptions = 0  # batch members that gave their slot back to requests from outside the batch
         self.prefix_cache = PrefixCache(prefix_cache_cells)
         self.max_sequences = max_sequences
         self.batch_tokens = batch_tokens
@@ -78,6 +79,11 @@ class Scheduler:
         moves = self._compact()
         key = self._choose_group()
         members = [s for s in self.running.values() if self._group(s) == key]
+        if any(self._first_read(s) for s in members):
+            # Batch members sit this step out: another caller's prompt is read alone with the other
+            # callers' decoding, so its first token comes as soon as on an idle engine would allow (a
+            # CPU step costs in proportion to its rows). Skipping a step changes no member's output.
+            members = [s for s in members if s.batch_id is None]
         chunks: list[Chunk] = []
         for seq in members:
             if not seq.is_prefilling:
@@ -86,10 +92,10 @@ class Scheduler:
         for seq in members:
             if seq.is_prefilling and budget > 0:
                 start = seq.num_prefilled
-                n = min(budget, seq.num_prompt_tokens - start)
-                chunks.append(
-                    Chunk(seq, seq.prompt_tokens[start : start + n], start, start + n == seq.num_prompt_tokens)
-                )
+                tokens = seq.prefill_tokens
+                n = min(budget, len(tokens) - start)
+                samples = start + n == len(tokens) and seq.samples_after_prefill
+                chunks.append(Chunk(seq, tokens[start : start + n], start, samples))
                 budget -= n
         chunks.sort(key=lambda c: c.seq.seq_id)
         return StepPlan(chunks, moves, reuses)
@@ -126,29 +132,94 @@ class Scheduler:
     # -- admission and sequence ids ---------------------------------------------------------------------
 
     def _admit(self, now: float) -> list[Reuse]:
-        n = min(len(self.waiting), len(self._free_seq_ids))
-        if not n:
-            return []
-        admitted = [self.waiting.popleft() for _ in range(n)]
+        reuses = self._preempt_for_others()
+        admitted = self._admissible()
+        if not admitted:
+            return reuses
+        for seq in admitted:
+            self.waiting.remove(seq)
         # Seq ids of one group should be consecutive, since a step serves one group and llama.cpp
         # co-batches only consecutive ids (see _compact): hand out ids group by group. Within a group,
         # sequences with the same adapter set go next to each other where they can: when sets mix, the
         # patched llama.cpp computes an adapter on only its own tokens' rows if they form one or two runs.
         turn = {key: i for i, key in enumerate(self._group_order)}
         admitted.sort(key=lambda s: (turn.get(self._group(s), len(turn)), self._group(s), s.adapter_key))
-        reuses = []
         for seq in admitted:
             seq.seq_id = self._take_seq_id(self._group(seq), seq.adapter_key)
             seq.status = SeqStatus.RUNNING
-            seq.admitted_at = now
+            if seq.admitted_at is None:  # a resumed sequence keeps its first admission (queue time, age)
+                seq.admitted_at = now
             self.running[seq.seq_id] = seq
             # a request scoring its prompt reads all of it: every row's logits are wanted
             reuse = self.prefix_cache.admit(
-                seq.seq_id, seq.adapter_key, seq.prompt_tokens, reuse=not seq.prompt_logprobs
+                seq.seq_id, seq.adapter_key, seq.prefill_tokens, reuse=not seq.prompt_logprobs
             )
             seq.num_prefilled = reuse.keep  # its prefill starts after the shared prefix
             reuses.append(reuse)
         return reuses
+
+    # -- batches: at most half the slots while others wait --------------------------------------------------
+
+    def _first_read(self, seq: Sequence) -> bool:
+        """A request from outside any batch that reads all (the rest of) its prompt this step: its first token."""
+        return (
+            seq.batch_id is None
+            and not seq.has_first_token
+            and 0 < len(seq.prefill_tokens) - seq.num_prefilled <= self.batch_tokens
+        )
+
+    def _admissible(self) -> list[Sequence]:
+        """Who takes the free slots: requests outside batches first, then batch members (oldest first),
+        each batch up to its share."""
+        free = len(self._free_seq_ids)
+        held = Counter(s.batch_id for s in self.running.values() if s.batch_id is not None)
+        shares = {b: self._share(b) for b in {s.batch_id for s in self.waiting if s.batch_id is not None}}
+        chosen: list[Sequence] = []
+        for seq in sorted(self.waiting, key=lambda s: s.batch_id is not None):  # stable: FIFO within each
+            if len(chosen) == free:
+                break
+            if seq.batch_id is not None:
+                if held[seq.batch_id] >= shares[seq.batch_id]:
+                    continue
+                held[seq.batch_id] += 1
+            chosen.append(seq)
+        return chosen
+
+    def _share(self, batch_id: str) -> int:
+        """The slots a batch may hold: all of them, or half while requests from outside it wait."""
+        if any(s.batch_id != batch_id for s in self.waiting):
+            return max(1, self.max_sequences // 2)
+        return self.max_sequences
+
+    def _preempt_for_others(self) -> list[Reuse]:
+        """A batch holding more than its share while others wait and find no free slot goes down to its
+        share (half the slots): its members in the highest slots give them back (the others stay
+        contiguous, so nothing moves, and newcomers take the lowest free ids) and wait first among the
+        batch. Their KV stays in the prefix cache where the budget allows it, so a newcomer with the same
+        start (a chat template's system prompt) reuses it, and a member resuming in the slot that kept
+        its KV reads only its last token; what cannot be kept is cleared (the returned reuses). Exact: the
+        member's sampler lives on, and reading tokens again gives the KV that decoding them gave (the
+        kernels are batch-invariant)."""
+        clears = []
+        for batch_id in sorted({s.batch_id for s in self.running.values() if s.batch_id is not None}):
+            outside = sum(s.batch_id != batch_id for s in self.waiting)
+            if outside <= len(self._free_seq_ids):
+                continue  # they all find a slot as it is
+            members = [s for s in self.running.values() if s.batch_id == batch_id and not s.prompt_logprobs]
+            members.sort(key=lambda s: s.seq_id, reverse=True)
+            for seq in members[: max(0, len(members) - self._share(batch_id))]:
+                if not self.prefix_cache.keep(seq.seq_id, seq.adapter_key, seq.held_tokens()):
+                    clears.append(Reuse(None, seq.seq_id, 0))
+                self._preempt(seq)
+        return clears
+
+    def _preempt(self, seq: Sequence) -> None:
+        slot = seq.seq_id
+        del self.running[slot]
+        heapq.heappush(self._free_seq_ids, slot)
+        seq.preempt()
+        self.waiting.appendleft(seq)  # first among its batch's members when slots free up
+        self.preemptions += 1
 
     def _take_seq_id(self, key: AdapterKey, adapter_key: AdapterKey) -> int:
         """A free id next to a running member of the same group if there is one (one with the same

@@ -46,6 +46,7 @@ class Sequence:
     deadline: float
     logprobs: int | None = None  # alternatives per token, when the request asks for log-probabilities
     prompt_logprobs: bool = False
+    batch_id: str | None = None
 
     adapters_used: tuple[AdapterUse, ...] = ()  # by hash, with scales: fixed at admission
     # the adapter set as the runner applies it, (handle, scale) pairs, fixed at admission: held adapters
@@ -63,6 +64,9 @@ class Sequence:
     finish_reason: FinishReason | None = None
     token_logprobs: list[TokenLogprob] = field(default_factory=list)
     prompt_token_logprobs: list[TokenLogprob] = field(default_factory=list)
+    preemptions: int = 0
+    # after a preemption: the tokens to read again before decoding resumes (prompt and answer but its last token)
+    _resume: list[int] | None = None
     _decoder: Utf8Decoder = field(default_factory=Utf8Decoder)
     _stop: StopMatcher | None = None
 
@@ -81,6 +85,7 @@ class Sequence:
             deadline=prepared.deadline,
             logprobs=prepared.logprobs,
             prompt_logprobs=prepared.prompt_logprobs,
+            batch_id=prepared.batch_id,
         )
 
     @property
@@ -92,8 +97,34 @@ class Sequence:
         return len(self.prompt_tokens)
 
     @property
+    def prefill_tokens(self) -> list[int]:
+        """What the slot must read before decoding: the prompt, or after a preemption the prompt and the
+        answer so far (but its last token, which the next decode step feeds)."""
+        return self._resume if self._resume is not None else self.prompt_tokens
+
+    @property
     def is_prefilling(self) -> bool:
-        return self.num_prefilled < len(self.prompt_tokens)
+        return self.num_prefilled < len(self.prefill_tokens)
+
+    @property
+    def samples_after_prefill(self) -> bool:
+        """A resumed sequence's last read token is not sampled from: its next token is already known."""
+        return not self.completion_tokens
+
+    def held_tokens(self) -> list[int]:
+        """The tokens whose KV its slot holds."""
+        if self.is_prefilling:
+            return self.prefill_tokens[: self.num_prefilled]
+        return self.prompt_tokens + self.completion_tokens[:-1]
+
+    def preempt(self) -> None:
+        """Give up its slot; it waits again and reads what it held before decoding on. Its sampler (seed,
+        penalties, constraint state) lives on with the runner, so its output is as if uninterrupted."""
+        self._resume = self.prompt_tokens + self.completion_tokens[:-1] if self.completion_tokens else None
+        self.num_prefilled = 0
+        self.status = SeqStatus.WAITING
+        self.seq_id = -1
+        self.preemptions += 1
 
     @property
     def has_first_token(self) -> bool:

@@ -390,3 +390,98 @@ def test_random_mixed_traffic_keeps_invariants() -> None:
         s.update_from_output(plan, sample_all(plan), 0.0)
         assert sorted(s._free_seq_ids + list(s.running)) == list(range(6))
         assert all(i == q.seq_id for i, q in s.running.items())
+
+
+# -- batches: at most half the slots while others wait ------------------------------------------------------
+
+
+def batch_seq(rid: int, batch: str = "b", n_prompt: int = 4) -> Sequence:
+    seq = make_seq(rid, n_prompt, max_new_tokens=50)
+    seq.batch_id = batch
+    return seq
+
+
+def test_a_batch_alone_takes_every_slot_and_gives_back_all_but_half_when_others_come() -> None:
+    s = scheduler(4)
+    for rid in range(6):
+        s.add(batch_seq(rid))
+    plan = s.schedule(0.0)
+    assert plan is not None and sorted(c.seq.request_id for c in plan.chunks) == [0, 1, 2, 3]
+    for _ in range(3):  # every member generates a few tokens
+        s.update_from_output(plan, sample_all(plan), 0.0)
+        plan = s.schedule(0.0)
+        assert plan is not None
+    s.update_from_output(plan, sample_all(plan), 0.0)
+    caller_a, caller_b, caller_c = make_seq(10), make_seq(11), make_seq(12)
+    for caller in (caller_a, caller_b, caller_c):
+        s.add(caller)
+    plan = s.schedule(0.0)
+    assert plan is not None
+    running = {seq.request_id for seq in s.running.values()}
+    assert {10, 11} <= running and sum(seq.batch_id == "b" for seq in s.running.values()) == 2  # half
+    # the newest members gave their slots back, cleared for the callers; they wait first among the batch
+    assert {r.slot for r in plan.reuses if r.keep == 0} >= {caller_a.seq_id, caller_b.seq_id}
+    assert [seq.request_id for seq in s.waiting] == [2, 3, 4, 5, 12]  # 12 goes first: it is outside the batch
+    assert s.preemptions == 2
+
+
+def test_a_preempted_member_reads_its_output_again_and_resumes_without_sampling_twice() -> None:
+    s = scheduler(2)
+    s.add(batch_seq(1))
+    member = batch_seq(5, n_prompt=3)  # the newest member: the one to give its slot back
+    s.add(member)
+    plan = s.schedule(0.0)
+    assert plan is not None
+    for token in (ord("a"), ord("b"), ord("c")):
+        s.update_from_output(plan, sample_all(plan, token), 0.0)
+        plan = s.schedule(0.0)
+        assert plan is not None
+    s.update_from_output(plan, sample_all(plan, ord("d")), 0.0)
+    # the member holds prompt + "abc" in KV and "d" waits to be fed; now an outside caller comes
+    caller = make_seq(10)
+    s.add(caller)
+    s.schedule(0.0)
+    assert member.status.value == "waiting" and member.completion_tokens == [ord(c) for c in "abcd"]
+    assert caller.status.value == "running"
+    assert member.prefill_tokens == [0, 1, 2, *map(ord, "abc")]
+    # the caller finishes; the member resumes: it reads prompt + "abc" without sampling, then feeds "d"
+    s.remove(caller)
+    plan = s.schedule(0.0)
+    assert plan is not None
+    chunk = next(c for c in plan.chunks if c.seq is member)
+    assert chunk.tokens == member.prefill_tokens and chunk.start_pos == 0 and not chunk.samples
+    s.update_from_output(plan, sample_all(plan), 0.0)
+    plan = s.schedule(0.0)
+    assert plan is not None
+    chunk = next(c for c in plan.chunks if c.seq is member)
+    assert chunk.tokens == [ord("d")] and chunk.start_pos == 3 + 3 and chunk.samples
+
+
+def test_two_batches_share_the_slots_half_each() -> None:
+    s = scheduler(4)
+    for rid in range(4):
+        s.add(batch_seq(rid, "a"))
+    s.schedule(0.0)
+    for rid in range(10, 14):
+        s.add(batch_seq(rid, "b"))
+    s.schedule(0.0)
+    held = [seq.batch_id for seq in s.running.values()]
+    assert held.count("a") == 2 and held.count("b") == 2
+
+
+def test_batch_members_sit_out_the_step_that_reads_another_callers_prompt() -> None:
+    s = scheduler(4, batch_tokens=8)
+    for rid in range(2):
+        s.add(batch_seq(rid))
+    plan = s.schedule(0.0)
+    assert plan is not None
+    s.update_from_output(plan, sample_all(plan), 0.0)
+    s.add(make_seq(10, n_prompt=6))
+    plan = s.schedule(0.0)
+    assert plan is not None and [c.seq.request_id for c in plan.chunks] == [10]  # read alone: its first token
+    s.update_from_output(plan, sample_all(plan), 0.0)
+    plan = s.schedule(0.0)
+    assert plan is not None and sorted(c.seq.request_id for c in plan.chunks) == [0, 1, 10]
+    s.add(make_seq(11, n_prompt=20))  # longer than a step's budget: no one sits out for it
+    plan = s.schedule(0.0)
+    assert plan is not None and {0, 1} <= {c.seq.request_id for c in plan.chunks}
