@@ -20,13 +20,18 @@ from typing import Annotated, Any
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, WithJsonSchema, create_model
 
 from engine import EngineError, InferenceEngine, Usage
 from mcp_server.arguments import describe
 from mcp_server.metrics import Metrics
-from mcp_server.tools.inference import TOOL_PARAMETERS, RefusedCall, engine_request, inference_result
+from mcp_server.tools.inference import (
+    TOOL_PARAMETERS,
+    RefusedCall,
+    add_generation_tool,
+    engine_request,
+    inference_result,
+)
 from mcp_server.tools.schemas import InferenceResult
 
 TOOL_NAME = "llm_batch"
@@ -126,24 +131,15 @@ def register(mcp: MCPServer, engine: InferenceEngine, metrics: Metrics) -> None:
         ),
         WithJsonSchema(ITEMS_SCHEMA | {"minItems": 1, "maxItems": MAX_ITEMS}),
     ]
-    parameters = [
-        inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context),
-        inspect.Parameter("items", inspect.Parameter.KEYWORD_ONLY, annotation=items_annotation),
-    ]
-    parameters += [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
-        for name, (annotation, default) in TOOL_PARAMETERS.items()
-        if name not in _ITEM_ONLY
-    ]
-    llm_batch.__signature__ = inspect.Signature(parameters, return_annotation=BatchResult)  # type: ignore[attr-defined]
-    llm_batch.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": BatchResult}
-    mcp.tool(
-        title="Generate for many inputs at once",
-        description=LLM_BATCH_DESCRIPTION,
-        annotations=ToolAnnotations(
-            read_only_hint=True, destructive_hint=False, idempotent_hint=False, open_world_hint=False
-        ),
-    )(llm_batch)
+    shared_settings = {name: spec for name, spec in TOOL_PARAMETERS.items() if name not in _ITEM_ONLY}
+    add_generation_tool(
+        mcp,
+        llm_batch,
+        {"items": (items_annotation, inspect.Parameter.empty)} | shared_settings,
+        BatchResult,
+        "Generate for many inputs at once",
+        LLM_BATCH_DESCRIPTION,
+    )
 
 
 def _arguments(item: Any, shared: dict[str, Any]) -> dict[str, Any]:

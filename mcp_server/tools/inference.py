@@ -150,20 +150,40 @@ def register(mcp: MCPServer, engine: InferenceEngine, metrics: Metrics) -> None:
         await progress.finish(result.usage.completion_tokens)
         return inference_result(engine, request, result)
 
-    parameters = [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context)]
-    parameters += [
+    add_generation_tool(
+        mcp,
+        llm_inference,
+        TOOL_PARAMETERS,
+        InferenceResult,
+        "Generate text with the local model",
+        LLM_INFERENCE_DESCRIPTION,
+    )
+
+
+def add_generation_tool(
+    mcp: MCPServer,
+    function: Any,
+    parameters: dict[str, tuple[Any, Any]],
+    result: type,
+    title: str,
+    description: str,
+) -> None:
+    """Register `function(ctx, **arguments)` as a read-only tool whose parameters (name → (annotation,
+    default)) and result type make its published input and output schemas."""
+    signature = [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context)]
+    signature += [
         inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
-        for name, (annotation, default) in TOOL_PARAMETERS.items()
+        for name, (annotation, default) in parameters.items()
     ]
-    llm_inference.__signature__ = inspect.Signature(parameters, return_annotation=InferenceResult)  # type: ignore[attr-defined]
-    llm_inference.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": InferenceResult}
+    function.__signature__ = inspect.Signature(signature, return_annotation=result)
+    function.__annotations__ = {p.name: p.annotation for p in signature} | {"return": result}
     mcp.tool(
-        title="Generate text with the local model",
-        description=LLM_INFERENCE_DESCRIPTION,
+        title=title,
+        description=description,
         annotations=ToolAnnotations(
             read_only_hint=True, destructive_hint=False, idempotent_hint=False, open_world_hint=False
         ),
-    )(llm_inference)
+    )(function)
 
 
 class _Progress:
