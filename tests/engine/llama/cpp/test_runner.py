@@ -153,7 +153,7 @@ def test_a_mixed_adapter_step_gives_each_sequence_bitwise_its_solo_logits(
                 plan = StepPlan(next_chunks(seqs))
                 output = runner.execute(plan)
                 assert not output.failed
-                for seq, row in runner._batch.fill(plan):
+                for seq, row in runner._batch.fill(plan)[0]:
                     pointer = llama_cpp.llama_get_logits_ith(runner.ctx, row)
                     seen[seq.seq_id].append(np.ctypeslib.as_array(pointer, shape=(runner.vocab.n_tokens,)).copy())
                 for seq, token in output.sampled:
@@ -362,7 +362,7 @@ def test_penalties_give_llama_cpps_logits_and_tokens(runner: LlamaRunner, params
         for _ in range(48):
             chunks = next_chunks([seq])
             output = runner.execute(StepPlan(chunks))
-            [(_, row)] = runner._batch.fill(StepPlan(chunks))
+            [(_, row)], _ = runner._batch.fill(StepPlan(chunks))
             logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(runner.ctx, row), shape=(n_vocab,))
             expected_logits = penalised_by_llama_cpp(logits.copy(), penalties)
             expected = llama_cpp.llama_sampler_sample(reference, runner.ctx, row)  # reads the logits untouched
@@ -392,7 +392,7 @@ def test_the_greedy_argmax_picks_what_llama_cpps_greedy_sampler_picks(runner: Ll
         for _ in range(12):
             chunks = next_chunks(seqs)
             output = runner.execute(StepPlan(chunks))
-            rows = {seq.request_id: row for seq, row in runner._batch.fill(StepPlan(chunks))}
+            rows = {seq.request_id: row for seq, row in runner._batch.fill(StepPlan(chunks))[0]}
             for (seq, token), chain in zip(output.sampled, chains, strict=True):
                 assert token == llama_cpp.llama_sampler_sample(chain, runner.ctx, rows[seq.request_id])
                 seq.completion_tokens.append(token)
