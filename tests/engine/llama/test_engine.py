@@ -236,6 +236,8 @@ ALTERNATING_CHATML = (
 class ExplodingSampler:
     """Samples normally for a few tokens, then raises, as a broken grammar sampler might."""
 
+    scores = None  # no log-probabilities asked for
+
     def __init__(self, inner: object, after: int) -> None:
         self._inner, self._left = inner, after
 
@@ -256,8 +258,10 @@ async def test_a_request_whose_template_or_sampler_fails_fails_alone(
 
     add_sequence = LlamaRunner.add_sequence
 
-    def add_with_fault(self: LlamaRunner, request_id: int, sampling: SamplingParams, constraint: object = None) -> None:
-        add_sequence(self, request_id, sampling, constraint)
+    def add_with_fault(
+        self: LlamaRunner, request_id: int, sampling: SamplingParams, constraint: object = None, logprobs: object = None
+    ) -> None:
+        add_sequence(self, request_id, sampling, constraint, logprobs)  # type: ignore[arg-type]
         if sampling.seed == 13:  # the marked request
             self._samplers[request_id] = ExplodingSampler(self._samplers[request_id], after=5)  # type: ignore[assignment]
 
