@@ -8,7 +8,7 @@ another caller. One run, one engine, interleaved rounds:
   fast). Both go through the MCP server in-process (the SDK's Client on its in-memory transport), so
   the transport's cost per call, which favours one call over 64, is left out.
 - fairness: time to first token of a single llm_inference call (the engine's own measure, from
-  submission; a short prompt and an agent's ~400-token one, new each time so no cached prefix flatters
+  submission; a short prompt and an agent's ~380-token one, new each time so no cached prefix flatters
   either case) when the engine is idle, and while a batch holds every slot (issued once the batch is
   generating); goal ≤ 2× idle.
 """
@@ -55,14 +55,15 @@ async def batch(client: Client, n: int) -> float:
     return time.perf_counter() - start
 
 
-# an agent's longer prompt: rules and a question, ~300 tokens
+# an agent's longer prompt: rules and a question, ~380 tokens with the chat template
 RULES = "\n".join(f"Rule {i}: answer briefly, politely and only about topic {i}." for i in range(20))
 
 
 async def single_ttft(client: Client, long: bool = False) -> float:
     # a new prompt each time: a cached prefix would make the idle case look faster than it is
     n = next(_singles)
-    prompt = f"{RULES}\nQuestion {n}: say hi." if long else f"Say hi to person number {n}."
+    # (the number first, so the long prompt shares nothing with earlier ones but the chat template's start)
+    prompt = f"Question {n}: say hi, following these rules.\n{RULES}" if long else f"Say hi to person number {n}."
     result = await client.call_tool("llm_inference", {"prompt": prompt, **SINGLE})
     return json.loads(result.content[0].text)["timings"]["ttft_ms"]  # type: ignore[union-attr]
 
@@ -135,7 +136,7 @@ async def run(args: argparse.Namespace) -> list[str]:
         "|---|---|---|---|---|---|",
         *(
             row
-            for long, name in ((False, "short prompt (~40 tokens)"), (True, "agent prompt (~400 tokens)"))
+            for long, name in ((False, "short prompt (~40 tokens)"), (True, "agent prompt (~380 tokens)"))
             for row in (
                 f"| {name} | idle | {statistics.median(idle[long]):.0f} | {max(idle[long]):.0f} | "
                 f"{len(idle[long])} | |",

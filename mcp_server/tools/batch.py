@@ -23,6 +23,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, WithJsonSchema, create_model
 
 from engine import EngineError, InferenceEngine, Usage
+from engine.errors import bounded
 from mcp_server.arguments import describe
 from mcp_server.metrics import Metrics
 from mcp_server.tools.inference import (
@@ -162,7 +163,7 @@ async def _one(
         request = engine_request(engine, _arguments(item, shared)).model_copy(update={"batch_id": batch_id})
     except RefusedCall as exc:
         metrics.refused("mcp", TOOL_NAME, "invalid")
-        return BatchItemResult(index=index, error=str(exc))
+        return BatchItemResult(index=index, error=bounded(str(exc)))
     stream = metrics.generate(engine, request, "mcp", TOOL_NAME)
     try:
         async with stream:
@@ -171,4 +172,4 @@ async def _one(
         assert stream.result is not None
         return BatchItemResult(index=index, result=inference_result(engine, request, stream.result))
     except (EngineError, ToolError) as exc:
-        return BatchItemResult(index=index, error=str(exc))
+        return BatchItemResult(index=index, error=bounded(str(exc)))  # whatever input a message quotes

@@ -32,10 +32,11 @@ from tests.fuzz_values import FUZZ_SETTINGS, json_values
 from tests.http_server import http_server
 
 SERVER_PATHS = (str(ROOT), sys.prefix, "site-packages")
-TOOLS = ("llm_inference", "list_adapters", "load_adapter", "unload_adapter")
+TOOLS = ("llm_inference", "llm_batch", "list_adapters", "load_adapter", "unload_adapter")
 KNOWN_ARGUMENTS = (
     "prompt", "messages", "system", "raw", "max_tokens", "temperature", "top_p", "top_k", "min_p",
     "repeat_penalty", "repeat_last_n", "seed", "stop", "ignore_eos", "adapters", "adapter", "name", "path",
+    "logprobs", "prompt_logprobs", "items",
 )  # fmt: skip
 # -- what a model might send ------------------------------------------------------------------------------
 
@@ -58,11 +59,25 @@ argument_values = {
     "name": st.sampled_from(["caps", "short", "x"]) | st.text(max_size=30) | json_values,
     "path": st.sampled_from(["caps.gguf", "short.gguf", "/dev/zero", "/etc/passwd", "..", "", "x" * 5000])
     | json_values,
+    "logprobs": st.integers(-1, 21) | json_values,
 }
+# a batch's items: prompts, item objects with right and wrong settings, noise; a few at most (each costs tokens)
+argument_values["items"] = (
+    st.lists(
+        st.text(max_size=40)
+        | st.fixed_dictionaries(
+            {}, optional={name: argument_values.get(name, json_values) for name in ("prompt", "messages", "max_tokens")}
+        ).map(lambda item: item | {"max_tokens": 2} if isinstance(item.get("max_tokens"), int) else item)
+        | json_values,
+        max_size=4,
+    )
+    | json_values
+)
 
 
 TOOL_ARGUMENTS = {
-    "llm_inference": [a for a in KNOWN_ARGUMENTS if a not in ("name", "path")],
+    "llm_inference": [a for a in KNOWN_ARGUMENTS if a not in ("name", "path", "items")],
+    "llm_batch": [a for a in KNOWN_ARGUMENTS if a not in ("name", "path", "prompt", "messages")],
     "load_adapter": ["name", "path"],
     "unload_adapter": ["name"],
     "list_adapters": [],
@@ -79,15 +94,21 @@ def tool_calls(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
     if draw(st.integers(0, 3)) == 0:  # a typo, another tool's argument, or noise
         names += draw(st.lists(st.sampled_from(KNOWN_ARGUMENTS) | st.text(max_size=12), min_size=1, max_size=2))
     arguments = {name: draw(argument_values.get(name, json_values)) for name in names}
-    if tool == "llm_inference":
+    if tool in ("llm_inference", "llm_batch"):
         arguments["max_tokens"] = draw(argument_values["max_tokens"])
     return tool, arguments
 
 
 def check_answer(result: Any, arguments: dict[str, Any]) -> None:
     if not result.is_error:
+        for item in (result.structured_content or {}).get("results", []):  # llm_batch: each item's error
+            if item.get("error") is not None:
+                check_message(item["error"], arguments)
         return
-    text = " ".join(getattr(block, "text", "") for block in result.content)
+    check_message(" ".join(getattr(block, "text", "") for block in result.content), arguments)
+
+
+def check_message(text: str, arguments: dict[str, Any]) -> None:
     assert text, "an error with no message"
     assert len(text) < 500, text
     assert "pydantic" not in text.lower() and "Traceback" not in text, text

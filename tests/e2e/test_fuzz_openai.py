@@ -96,7 +96,9 @@ fields: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]] = {
     ),
     "seed": (st.integers(0, 2**32 - 2), st.integers(-(2**40), 2**40) | json_values),
     "n": (st.just(1), st.integers(-1, 3) | json_values),
-    "logprobs": (st.just(False), json_values),
+    "logprobs": (st.sampled_from([False, True, 0, 3, 20]), json_values),
+    "top_logprobs": (st.integers(0, 20), json_values),
+    "echo": (st.booleans(), json_values),
     "logit_bias": (st.just({}), json_values),
     "tools": (tools, json_values | st.lists(json_values, max_size=2)),
     "tool_choice": (
