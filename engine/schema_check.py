@@ -13,11 +13,15 @@ import json
 import warnings
 from typing import Any
 
+import anyio
+import anyio.to_thread
 from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import SchemaError, best_match
 from referencing.exceptions import Unresolvable
 
 from engine.errors import InvalidRequest, bounded
+
+OUTPUT_CHECK_TIMEOUT_S = 10.0  # a schema's regexes run on the output: a pathological one must not hang a call
 
 
 def schema_validator(schema: dict[str, Any], what: str = "`json_schema`") -> Any:
@@ -70,3 +74,12 @@ def output_problem(schema: dict[str, Any], text: str) -> str | None:
         f"the output does not satisfy the schema's `{error.validator}` at {error.json_path}: "
         f"{bounded(error.message, 240)}"
     )
+
+
+async def checked_output(schema: dict[str, Any], text: str) -> str | None:
+    """output_problem in a worker thread (a schema's regexes run there), given up after OUTPUT_CHECK_TIMEOUT_S."""
+    try:
+        with anyio.fail_after(OUTPUT_CHECK_TIMEOUT_S):
+            return await anyio.to_thread.run_sync(output_problem, schema, text, abandon_on_cancel=True)
+    except TimeoutError:
+        return f"the output could not be checked against the schema within {OUTPUT_CHECK_TIMEOUT_S:g} s"

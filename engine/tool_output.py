@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
+from engine.errors import OutputMismatch
 from engine.info import RequestStatus
 from engine.interface import GenerationStream
 from engine.request import ToolCall, ToolFunction
 from engine.result import GenerationResult, TextDelta, ToolCallDelta
-from engine.schema_check import schema_validator
+from engine.schema_check import checked_output, schema_validator
 
 Path = tuple[str | int, ...]
 
@@ -158,6 +159,10 @@ class ToolAnswerReader:
         new, self._response_sent = decoded[self._response_sent :], len(decoded)
         return new
 
+    def answer_text(self) -> str:
+        """The answer's text: a response's, none beside calls."""
+        return "" if self.tool_calls() else "".join(self.response)
+
     def tool_calls(self) -> list[ToolCall]:
         """The calls read whole (a call cut off by max_tokens is left out)."""
         return [ToolCall(**call) for call in self.calls if call["name"] and _whole_json(call["arguments"])]
@@ -189,21 +194,36 @@ def _merged(deltas: list[ToolCallDelta]) -> list[ToolCallDelta]:
     return merged
 
 
-class ToolCallStream:
-    """A GenerationStream over another one whose request asked for tool_prompt's JSON answer: its deltas
-    and result, read as text and tool calls."""
+class AnswerReader(Protocol):
+    def feed(self, text: str) -> tuple[str, list[ToolCallDelta]]: ...
+    def tool_calls(self) -> list[ToolCall]: ...
+    def answer_text(self) -> str: ...
 
-    def __init__(self, inner: GenerationStream, tools: tuple[ToolFunction, ...]) -> None:
+
+class ToolCallStream:
+    """A GenerationStream over another one whose request asked for a tool-calling answer: its deltas and
+    result, read as text and tool calls by the answer's format's reader (made once the inner stream has
+    been entered: a backend may choose the format then), each call's arguments checked against its
+    function's parameters at the end."""
+
+    def __init__(
+        self,
+        inner: GenerationStream,
+        tools: tuple[ToolFunction, ...],
+        reader: Callable[[], AnswerReader] = ToolAnswerReader,
+    ) -> None:
         self._inner = inner
-        self._tools = tools
-        self._reader = ToolAnswerReader()
+        self._tools = {tool.name: tool for tool in tools}
+        self._make_reader = reader
+        self._reader: AnswerReader = ToolAnswerReader()
         self.result: GenerationResult | None = None
 
     async def __aenter__(self) -> Self:
-        for tool in self._tools:  # refused with the function's name (the combined schema is the engine's own)
+        for tool in self._tools.values():  # refused with the function's name (the answer's schema is the engine's)
             if tool.parameters is not None:
                 schema_validator(tool.parameters, what=f"the `parameters` of tool {tool.name!r}")
         await self._inner.__aenter__()
+        self._reader = self._make_reader()
         return self
 
     async def __aexit__(
@@ -230,6 +250,16 @@ class ToolCallStream:
         result = self._inner.result
         assert result is not None
         calls = self._reader.tool_calls()
-        text = "" if calls else "".join(self._reader.response)
+        for call in calls:
+            await self._check(call)
         finish = "tool_calls" if calls and result.finish_reason == "stop" else result.finish_reason
-        self.result = result.model_copy(update={"text": text, "tool_calls": calls or None, "finish_reason": finish})
+        update = {"text": self._reader.answer_text(), "tool_calls": calls or None, "finish_reason": finish}
+        self.result = result.model_copy(update=update)
+
+    async def _check(self, call: ToolCall) -> None:
+        """A call's arguments against its function's whole schema (the grammar enforced what it could)."""
+        tool = self._tools.get(call.name)
+        if tool is None or tool.parameters is None:
+            return
+        if (problem := await checked_output(tool.parameters, call.arguments)) is not None:
+            raise OutputMismatch(f"the arguments of the call of {call.name}: {problem}")

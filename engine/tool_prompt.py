@@ -1,6 +1,6 @@
-"""Tool calling for any chat model, as llama.cpp's generic format does it: the functions are described in
-the system message, and the answer is one JSON object, held token by token to a schema made of the
-functions' parameter schemas:
+"""Tool calling for any chat model, as llama.cpp's generic format does it (models whose template has a
+format of their own: tool_native.py): the functions are described in the system message, and the
+answer is one JSON object, held token by token to a schema made of the functions' parameter schemas:
 
     {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]}   a call (or several)
     {"response": "It is sunny."}                                                   text (tool_choice auto)
@@ -96,8 +96,22 @@ def _callable(request: GenerateRequest) -> list[ToolFunction]:
 
 
 def answer_schema(request: GenerateRequest) -> dict[str, Any]:
-    """The JSON Schema of the answer. Each function's parameters sit under `$defs` whole, their own `$ref`s
-    rewritten to point there, so schemas with `$defs` (pydantic's) keep working."""
+    """The JSON Schema of the answer."""
+    call = call_schema(request)
+    defs = call.pop("$defs")
+    array: dict[str, Any] = {"type": "array", "items": call, "minItems": 1}
+    if not request.parallel_tool_calls:
+        array["maxItems"] = 1
+    answer: dict[str, Any] = _object(tool_calls=array)
+    if request.tool_choice == "auto":
+        answer = {"anyOf": [answer, _object(response={"type": "string"})]}
+    return answer | {"$defs": defs}
+
+
+def call_schema(request: GenerateRequest) -> dict[str, Any]:
+    """The JSON Schema of one call, `{"name": …, "arguments": …}`, of a function the request may call. Each
+    function's parameters sit under `$defs` whole, their own `$ref`s rewritten to point there, so schemas
+    with `$defs` (pydantic's) keep working."""
     tools = _callable(request)
     defs = {f"tool_{i}": _rebased(_parameters(t), f"#/$defs/tool_{i}") for i, t in enumerate(tools)}
     calls = [
@@ -109,14 +123,7 @@ def answer_schema(request: GenerateRequest) -> dict[str, Any]:
         }
         for i, t in enumerate(tools)
     ]
-    items = calls[0] if len(calls) == 1 else {"anyOf": calls}
-    array: dict[str, Any] = {"type": "array", "items": items, "minItems": 1}
-    if not request.parallel_tool_calls:
-        array["maxItems"] = 1
-    answer: dict[str, Any] = _object(tool_calls=array)
-    if request.tool_choice == "auto":
-        answer = {"anyOf": [answer, _object(response={"type": "string"})]}
-    return answer | {"$defs": defs}
+    return (calls[0] if len(calls) == 1 else {"anyOf": calls}) | {"$defs": defs}
 
 
 def _parameters(tool: ToolFunction) -> dict[str, Any]:

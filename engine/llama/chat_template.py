@@ -9,17 +9,20 @@ The result is a list of segments marked as template markup or message content, s
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from engine.errors import EngineFailure, InvalidRequest
 from engine.llama.vocab import Vocab
-from engine.request import ChatMessage
+from engine.request import ChatMessage, ToolFunction
+from engine.tool_native import speaks_hermes
 
 # Used when a GGUF has no template of its own.
 CHATML_TEMPLATE = (
@@ -39,7 +42,9 @@ class ChatTemplate:
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         env.globals["raise_exception"] = _raise_exception
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+        env.filters["tojson"] = _tojson
         self.source = source or CHATML_TEMPLATE
+        self.speaks_hermes = speaks_hermes(self.source)  # renders tools, expects <tool_call> blocks back
         try:
             self._template = env.from_string(self.source)
         except TemplateError as exc:
@@ -56,7 +61,7 @@ class ChatTemplate:
             eos_token=vocab.token_text(vocab.eos_token),
         )
 
-    def render(self, messages: Sequence[ChatMessage]) -> list[Segment]:
+    def render(self, messages: Sequence[ChatMessage], tools: Sequence[ToolFunction] = ()) -> list[Segment]:
         """Render with unique placeholders for the contents, then put the contents back as their own segments.
 
         Templates may move contents around (Mistral's puts the system message into the last user turn)
@@ -67,8 +72,8 @@ class ChatTemplate:
         # Letters of both cases: a template that changes case changes the tag too (hex alone could come
         # out all digits, which upper() leaves as they are: 1 render in ~1,850 went unnoticed)
         tag = "aZ" + secrets.token_hex(8)
-        placeholders = [f"\x00{tag}:{i}\x00" for i in range(len(messages))]
-        masked = self._render([{"role": m.role, "content": p} for m, p in zip(messages, placeholders, strict=True)])
+        placeholders = [f"\x00{tag}:{i}\x00" if m.content else "" for i, m in enumerate(messages)]
+        masked = self._render([_for_template(m, p) for m, p in zip(messages, placeholders, strict=True)], tools)
         pieces = re.split(f"\x00{tag}:(\\d+)\x00", masked)
         markup, found = pieces[0::2], [int(i) for i in pieces[1::2]]
         if any("\x00" in part or tag in part for part in markup) or any(i >= len(messages) for i in found):
@@ -85,13 +90,48 @@ class ChatTemplate:
                 segments.append((messages[found[i]].content, False))
         return segments
 
-    def _render(self, messages: list[dict[str, str]]) -> str:
+    def _render(self, messages: list[dict[str, Any]], tools: Sequence[ToolFunction] = ()) -> str:
         try:
             return self._template.render(
                 messages=messages,
+                tools=[_tool_for_template(t) for t in tools] or None,
                 add_generation_prompt=True,
                 bos_token=self._bos_token,
                 eos_token=self._eos_token,
             )
         except TemplateError as exc:
             raise InvalidRequest(f"the model's chat template rejected these messages: {exc}") from exc
+
+
+def _for_template(message: ChatMessage, content: str) -> dict[str, Any]:
+    """A message as Hugging Face chat templates take it (calls with their arguments as values)."""
+    shown: dict[str, Any] = {"role": message.role, "content": content}
+    if message.tool_calls:
+        shown["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": _value(c.arguments)}}
+            for c in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        shown["tool_call_id"] = message.tool_call_id
+    return shown
+
+
+def _tool_for_template(tool: ToolFunction) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": tool.name, "parameters": tool.parameters or {"type": "object"}}
+    if tool.description:
+        function["description"] = tool.description
+    return {"type": "function", "function": function}
+
+
+def _tojson(
+    value: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None, sort_keys: bool = False
+) -> str:
+    # as Transformers renders templates: plain JSON (Jinja's own escapes <, > and & for HTML)
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _value(arguments: str) -> Any:
+    try:
+        return json.loads(arguments)
+    except ValueError:
+        return arguments

@@ -15,7 +15,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -69,18 +69,18 @@ from engine.llama.core_thread import CoreThread, RunnerFactory
 from engine.llama.cpp.constraints import ConstraintCompiler
 from engine.llama.preparation import RequestPreparer
 from engine.llama.runner import ModelRunner
+from engine.llama.scheduling.prepared import PreparedRequest
 from engine.request import GenerateRequest
 from engine.result import GenerationResult, TextDelta
-from engine.schema_check import output_problem
-from engine.tool_output import ToolCallStream
-from engine.tool_prompt import as_plain_request, mentions_tools
+from engine.schema_check import checked_output
+from engine.tool_output import AnswerReader, ToolAnswerReader, ToolCallStream
+from engine.tool_prompt import mentions_tools
 
 logger = logging.getLogger(__name__)
 
 R = TypeVar("R")
 ADAPTER_READ_TIMEOUT_S = 30.0
 LISTED_FILES = 200  # adapter files and folders list_adapters shows (the directories may hold thousands)
-OUTPUT_CHECK_TIMEOUT_S = 10.0  # a schema's regexes run on the output: a pathological one must not hang a call
 StreamEvent = TextDelta | GenerationResult | EngineError
 
 
@@ -273,13 +273,14 @@ class LlamaEngine:
     def generate(self, request: GenerateRequest) -> GenerationStream:
         """`async with engine.generate(req) as stream: async for delta in stream: …; stream.result`.
 
-        Leaving the block before the result arrives aborts the request. Tools are written into the
-        conversation, and the answer read back as calls (engine/tool_prompt.py, tool_output.py).
+        Leaving the block before the result arrives aborts the request. Tools go into the conversation
+        in the model's own format or the generic one (preparation.py: tool_plan), and the answer is read
+        back as calls.
         """
-        if not mentions_tools(request):
-            return RequestStream(self, request)
-        stream = RequestStream(self, as_plain_request(request))
-        return ToolCallStream(stream, request.tools) if request.calls_tools else stream
+        stream = RequestStream(self, request)
+        if request.calls_tools:  # the answer's format is known once the model's template is
+            return ToolCallStream(stream, request.tools, reader=lambda: stream.tool_reader())
+        return stream
 
     async def complete(self, request: GenerateRequest) -> GenerationResult:
         async with self.generate(request) as stream:
@@ -308,15 +309,20 @@ class LlamaEngine:
                     await self._load_on_first_use(name)
             self._residency.touch(names)
             # Off the decode thread: a long prompt's template and tokenization must not stall other streams.
-            prepared = await anyio.to_thread.run_sync(
-                self._preparer.prepare, stream.request_id, stream.request, submitted_at, abandon_on_cancel=True
-            )
+            prepared = await anyio.to_thread.run_sync(self._prepare, stream, submitted_at, abandon_on_cancel=True)
         except BaseException:
             self._forget(stream.request_id)
             raise
         if self._core is None or stream.request_id not in self._streams:
             raise self._stopped_error()  # the engine halted while this request was being prepared
         self._core.submit(AddRequest(prepared))
+
+    def _prepare(self, stream: RequestStream, submitted_at: float) -> PreparedRequest:
+        """In a worker thread: the request's tools put in the model's format (the stream runs that request
+        and reads its answer with that format's reader), then its tokens."""
+        if mentions_tools(stream.request):
+            stream.request, stream.tool_reader = self._preparer.tool_plan(stream.request)
+        return self._preparer.prepare(stream.request_id, stream.request, submitted_at)
 
     def _abort(self, request_id: int) -> None:
         if self._core is not None and request_id in self._streams:
@@ -522,6 +528,7 @@ class RequestStream:
         self._receive: MemoryObjectReceiveStream[StreamEvent]
         self._done = False
         self._status = RequestStatus("preparing")  # the core sends each change (RequestStatusChanged)
+        self.tool_reader: Callable[[], AnswerReader] = ToolAnswerReader  # set by preparation for tool calls
 
     def status(self) -> RequestStatus:
         """Preparing, queued (with how many ahead), reading its prompt (how far), or generating."""
@@ -566,13 +573,7 @@ class RequestStream:
     async def _check_output(self, text: str) -> None:
         """The finished output against the whole schema, in a worker thread (a schema's regexes run there)."""
         assert self.request.json_schema is not None
-        schema = self.request.json_schema
-        try:
-            with anyio.fail_after(OUTPUT_CHECK_TIMEOUT_S):
-                problem = await anyio.to_thread.run_sync(output_problem, schema, text, abandon_on_cancel=True)
-        except TimeoutError:
-            problem = f"the output could not be checked against the schema within {OUTPUT_CHECK_TIMEOUT_S:g} s"
-        if problem is not None:
+        if (problem := await checked_output(self.request.json_schema, text)) is not None:
             raise OutputMismatch(problem)
 
     def _push(self, event: StreamEvent) -> None:

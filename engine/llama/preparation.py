@@ -9,7 +9,9 @@ before the core registers a sequence.
 
 from __future__ import annotations
 
+import json
 import secrets
+from collections.abc import Callable
 
 from engine.errors import InvalidRequest, PromptTooLong
 from engine.llama.chat_template import ChatTemplate
@@ -18,6 +20,9 @@ from engine.llama.scheduling.prepared import PreparedRequest
 from engine.llama.vocab import Vocab
 from engine.request import GenerateRequest
 from engine.schema_check import schema_validator
+from engine.tool_native import HermesAnswerReader, hermes_request
+from engine.tool_output import AnswerReader, ToolAnswerReader
+from engine.tool_prompt import as_plain_request
 
 
 class RequestPreparer:
@@ -72,11 +77,33 @@ class RequestPreparer:
             deadline=submitted_at + self._timeout,
         )
 
+    def tool_plan(self, request: GenerateRequest) -> tuple[GenerateRequest, Callable[[], AnswerReader]]:
+        """How a request with tools (or earlier calls) runs: in the model's own format where its chat
+        template has one (tool_native.py), else in the generic one (tool_prompt.py); and the reader of
+        its answer."""
+        if not self._template.speaks_hermes:
+            return as_plain_request(request), ToolAnswerReader
+        # The template renders tools and earlier calls as markup, where control tokens are read as such:
+        # none may come from the caller's text.
+        shown = json.dumps(
+            [t.model_dump() for t in request.tools]
+            + [c.model_dump() for m in request.messages or () for c in m.tool_calls],
+            ensure_ascii=False,
+        )
+        if self._vocab.tokenize(shown, add_special=False, parse_special=True) != self._vocab.tokenize(
+            shown, add_special=False, parse_special=False
+        ):
+            raise InvalidRequest(
+                "a tool's name, description or parameters, or an earlier call's arguments, contain the model's "
+                "control tokens (such as <|im_start|>), which its chat template would read as markup: remove them"
+            )
+        return hermes_request(request), HermesAnswerReader
+
     def tokens(self, request: GenerateRequest) -> list[int]:
         vocab = self._vocab
         if request.messages is not None:
             tokens: list[int] = []
-            for text, is_markup in self._template.render(request.messages):
+            for text, is_markup in self._template.render(request.messages, request.tools):
                 # Control tokens are parsed in the template's markup only, never in message contents.
                 tokens += vocab.tokenize(text, add_special=False, parse_special=is_markup)
             if vocab.adds_bos and (not tokens or tokens[0] != vocab.bos_token):

@@ -6,7 +6,9 @@ limit (413), the Host/Origin checks (421/403), the bearer token check (401, an R
 Starlette's last-resort 500. OpenAI's clients and the tools built on them parse `error.message`; a
 plain-text body becomes an opaque error there. This middleware, outside all of them, rewrites any /v1
 answer of status 400 or more whose body is not already an OpenAI error object, keeping the headers that
-matter to clients (Allow, WWW-Authenticate, Retry-After).
+matter to clients (Allow, WWW-Authenticate, Retry-After). A redirect under /v1 (Starlette's router
+redirects a path it does not serve to its slash twin, e.g. `DELETE /v1/adapters/..`) is a 404: no
+/v1 route redirects, and OpenAI clients read a bodiless redirect as an opaque failure.
 """
 
 from __future__ import annotations
@@ -88,8 +90,8 @@ class OpenAIErrorBodies:
         async def send_or_rewrite(message: Message) -> None:
             nonlocal held, started
             started = started or message["type"] == "http.response.start"
-            if message["type"] == "http.response.start" and message["status"] >= 400:
-                held = message
+            if message["type"] == "http.response.start" and message["status"] >= 300:
+                held = message if message["status"] >= 400 else {**message, "status": 404, "headers": []}
                 return
             if held is None or message["type"] != "http.response.body":
                 await send(message)

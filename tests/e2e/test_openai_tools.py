@@ -14,6 +14,7 @@ import openai
 import pytest
 from jsonschema import Draft202012Validator
 
+from tests import ROOT
 from tests.e2e.test_openai import BASE_MODEL
 from tests.http_server import http_server
 from tests.tool_schemas import tool_schemas
@@ -185,3 +186,19 @@ def test_wrong_tool_requests_are_400(client: openai.OpenAI, args: dict[str, Any]
         client.chat.completions.create(model=BASE_MODEL, messages=ASK, **args)
     error = caught.value.body
     assert isinstance(error, dict) and words in json.dumps(error), error
+
+
+def test_a_model_with_its_own_tool_format_calls_through_it() -> None:
+    """`--chat-template` with Hermes' `<tool_call>` blocks (Qwen 2.5's): the same OpenAI answers."""
+    template = ROOT / "tests/fixtures/templates/hermes_tools.jinja"
+    with http_server("--max-sequences", "2", "--chat-template", str(template)) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        asked: dict[str, Any] = {"model": BASE_MODEL, "messages": ASK, "tools": [WEATHER], "tool_choice": "required"}
+        whole = client.chat.completions.create(**asked, parallel_tool_calls=False, **GREEDY)
+        calls = whole.choices[0].message.tool_calls
+        assert whole.choices[0].finish_reason == "tool_calls" and calls and len(calls) == 1
+        assert not valid_for(WEATHER, calls[0].function.arguments)
+        chunks = list(client.chat.completions.create(**asked, parallel_tool_calls=False, stream=True, **GREEDY))
+        pieces = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or ()]
+        assert pieces[0].function.name == "get_weather"
+        assert "".join(p.function.arguments or "" for p in pieces) == calls[0].function.arguments

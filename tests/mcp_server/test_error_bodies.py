@@ -7,7 +7,7 @@ import json
 
 import httpx2
 import pytest
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse
 from starlette.types import Receive, Scope, Send
 
 from mcp_server.openai_api.error_bodies import OpenAIErrorBodies
@@ -26,6 +26,8 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     if path.endswith("/openai"):
         body = {"error": {"message": "mine", "type": "invalid_request_error", "param": None, "code": None}}
         response = JSONResponse(body, status_code=400)
+    elif path.endswith("/moved"):  # as Starlette's router redirects a path to its slash twin
+        response = RedirectResponse(path + "/", status_code=307)
     elif path.endswith("/allowed"):
         response = PlainTextResponse("Method Not Allowed", status_code=405, headers={"Allow": "POST"})
     else:
@@ -47,6 +49,14 @@ async def test_framework_errors_under_v1_become_openai_objects() -> None:
     assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
     assert wrong.json()["error"]["message"] == "GET is not allowed on /v1/allowed; use POST"
     assert int(wrong.headers["content-length"]) == len(wrong.content)
+
+
+async def test_a_redirect_under_v1_is_a_404_object() -> None:
+    moved = await fetch("/v1/moved", "DELETE")
+    assert moved.status_code == 404 and "location" not in moved.headers
+    assert "DELETE /v1/moved is not served here" in moved.json()["error"]["message"]
+    elsewhere = await fetch("/mcp/moved", "POST")
+    assert elsewhere.status_code == 307  # MCP clients follow it to /mcp
 
 
 async def test_openai_objects_and_other_paths_pass_untouched() -> None:
