@@ -10,6 +10,7 @@ before the core registers a sequence.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from collections.abc import Callable
 
@@ -23,6 +24,8 @@ from engine.schema_check import schema_validator
 from engine.tool_native import HermesAnswerReader, hermes_request
 from engine.tool_output import AnswerReader, ToolAnswerReader
 from engine.tool_prompt import as_plain_request
+
+logger = logging.getLogger(__name__)
 
 
 class RequestPreparer:
@@ -97,7 +100,16 @@ class RequestPreparer:
                 "a tool's name, description or parameters, or an earlier call's arguments, contain the model's "
                 "control tokens (such as <|im_start|>), which its chat template would read as markup: remove them"
             )
-        return hermes_request(request), HermesAnswerReader
+        planned = hermes_request(request)
+        if planned.grammar is not None and self._constraints is not None:
+            try:  # compiled once here (and cached for prepare())
+                self._constraints.matcher(json_schema=None, grammar=planned.grammar)
+            except InvalidRequest as exc:
+                # A parameter schema llguidance cannot compile whole inside a grammar (a look-ahead regex):
+                # the generic format enforces what it can of it and checks the rest after.
+                logger.info("tools in the generic format: the model's own does not compile (%s)", exc)
+                return as_plain_request(request), ToolAnswerReader
+        return planned, HermesAnswerReader
 
     def tokens(self, request: GenerateRequest) -> list[int]:
         vocab = self._vocab

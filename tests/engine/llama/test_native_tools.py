@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from engine import ChatMessage, EngineConfig, GenerateRequest, InvalidRequest, SamplingParams
+from engine import ChatMessage, EngineConfig, GenerateRequest, InvalidRequest, OutputMismatch, SamplingParams
 from engine.llama import LlamaEngine
 from engine.request import NamedToolChoice, ToolCall, ToolFunction
 from engine.tool_native import HermesAnswerReader
@@ -124,3 +124,24 @@ def test_the_reader_splits_text_and_blocks_anywhere(text: str, blocks: list[dict
         (b["name"], b["arguments"]) for b in blocks
     ]
     assert [p.name for p in pieces if p.id] == [b["name"] for b in blocks]
+
+
+async def test_a_schema_the_grammar_cannot_hold_falls_back_to_the_generic_format(hermes: LlamaEngine) -> None:
+    tagged = ToolFunction(
+        name="tag",
+        parameters={
+            "type": "object",
+            "properties": {"tags": {"type": "array", "items": {"type": "string", "pattern": "^(?!x)[a-z]{1,8}$"}}},
+            "required": ["tags"],
+        },
+    )
+    request = GenerateRequest(messages=ASK, tools=(tagged,), tool_choice="required", sampling=GREEDY)
+    planned, _ = hermes._preparer.tool_plan(request)
+    assert planned.grammar is None and planned.json_schema is not None  # the generic format's lenient schema
+    try:
+        result = await hermes.complete(request)
+    except OutputMismatch as exc:  # what could not be enforced is checked after: an error naming it
+        assert "`pattern`" in str(exc)
+    else:  # never an invalid success
+        assert result.tool_calls
+        assert Draft202012Validator(tagged.parameters).is_valid(json.loads(result.tool_calls[0].arguments))
