@@ -6,6 +6,7 @@ tool's input schema (mcp_server/tools/inference.py builds its parameters from th
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -49,6 +50,14 @@ class ToolCall(BaseModel):
     id: str = Field(min_length=1, max_length=128, description="The call's id; a `tool` message answers it by this id.")
     name: str = Field(pattern=TOOL_NAME_PATTERN, description="The function called.")
     arguments: str = Field(max_length=MAX_PROMPT_CHARS, description="The arguments, as a JSON object's text.")
+
+    @property
+    def arguments_value(self) -> Any:
+        """The arguments as JSON (a client may send back text that is not: then that text)."""
+        try:
+            return json.loads(self.arguments)
+        except ValueError:
+            return self.arguments
 
 
 class ChatMessage(BaseModel):

@@ -45,7 +45,7 @@ def plain_messages(messages: tuple[ChatMessage, ...]) -> tuple[ChatMessage, ...]
     plain = []
     for m in messages:
         if m.tool_calls:
-            calls = [{"name": c.name, "arguments": _arguments_value(c.arguments)} for c in m.tool_calls]
+            calls = [{"name": c.name, "arguments": c.arguments_value} for c in m.tool_calls]
             plain.append(ChatMessage(role="assistant", content=json.dumps({"tool_calls": calls}, ensure_ascii=False)))
         elif m.role == "tool":
             name = names.get(m.tool_call_id or "", "a function")
@@ -65,7 +65,7 @@ def with_tool_instructions(messages: tuple[ChatMessage, ...], request: GenerateR
 
 
 def _instructions(request: GenerateRequest) -> str:
-    tools = [_described(t) for t in _callable(request)]
+    tools = [described(t) for t in _callable(request)]
     listing = "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
     call = '{"tool_calls": [{"name": "<function name>", "arguments": {<arguments>}}]}'
     if isinstance(request.tool_choice, NamedToolChoice):
@@ -81,7 +81,8 @@ def _instructions(request: GenerateRequest) -> str:
     return f"You can call these functions:\n{listing}\n\n{how}{many}"
 
 
-def _described(tool: ToolFunction) -> dict[str, Any]:
+def described(tool: ToolFunction) -> dict[str, Any]:
+    """A function as prompts show it: name, description, parameters."""
     described: dict[str, Any] = {"name": tool.name}
     if tool.description:
         described["description"] = tool.description
@@ -165,11 +166,3 @@ def _rebased(schema: Any, root: str) -> Any:
     if isinstance(schema, list):
         return [_rebased(item, root) for item in schema]
     return schema
-
-
-def _arguments_value(arguments: str) -> Any:
-    """An earlier call's arguments as JSON (a client may send text that is not: then as that text)."""
-    try:
-        return json.loads(arguments)
-    except ValueError:
-        return arguments

@@ -23,6 +23,7 @@ from engine.errors import EngineFailure, InvalidRequest
 from engine.llama.vocab import Vocab
 from engine.request import ChatMessage, ToolFunction
 from engine.tool_native import speaks_hermes
+from engine.tool_prompt import described
 
 # Used when a GGUF has no template of its own.
 CHATML_TEMPLATE = (
@@ -94,7 +95,7 @@ class ChatTemplate:
         try:
             return self._template.render(
                 messages=messages,
-                tools=[_tool_for_template(t) for t in tools] or None,
+                tools=[{"type": "function", "function": described(t)} for t in tools] or None,
                 add_generation_prompt=True,
                 bos_token=self._bos_token,
                 eos_token=self._eos_token,
@@ -108,7 +109,7 @@ def _for_template(message: ChatMessage, content: str) -> dict[str, Any]:
     shown: dict[str, Any] = {"role": message.role, "content": content}
     if message.tool_calls:
         shown["tool_calls"] = [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": _value(c.arguments)}}
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments_value}}
             for c in message.tool_calls
         ]
     if message.tool_call_id is not None:
@@ -116,22 +117,8 @@ def _for_template(message: ChatMessage, content: str) -> dict[str, Any]:
     return shown
 
 
-def _tool_for_template(tool: ToolFunction) -> dict[str, Any]:
-    function: dict[str, Any] = {"name": tool.name, "parameters": tool.parameters or {"type": "object"}}
-    if tool.description:
-        function["description"] = tool.description
-    return {"type": "function", "function": function}
-
-
 def _tojson(
     value: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None, sort_keys: bool = False
 ) -> str:
     # as Transformers renders templates: plain JSON (Jinja's own escapes <, > and & for HTML)
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-
-def _value(arguments: str) -> Any:
-    try:
-        return json.loads(arguments)
-    except ValueError:
-        return arguments

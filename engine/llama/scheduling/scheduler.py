@@ -133,7 +133,7 @@ class Scheduler:
 
     def _admit(self, now: float) -> list[Reuse]:
         reuses = self._preempt_for_others()
-        admitted = self._admissible()
+        admitted = self._admissible() if self._free_seq_ids else []
         if not admitted:
             return reuses
         for seq in admitted:
@@ -200,7 +200,9 @@ class Scheduler:
         its KV reads only its last token; what cannot be kept is cleared (the returned reuses). Exact: the
         member's sampler lives on, and reading tokens again gives the KV that decoding them gave (the
         kernels are batch-invariant)."""
-        clears = []
+        clears: list[Reuse] = []
+        if not self.waiting:  # the common case, every step: nobody waits
+            return clears
         for batch_id in sorted({s.batch_id for s in self.running.values() if s.batch_id is not None}):
             outside = sum(s.batch_id != batch_id for s in self.waiting)
             if outside <= len(self._free_seq_ids):

@@ -64,7 +64,6 @@ class Sequence:
     finish_reason: FinishReason | None = None
     token_logprobs: list[TokenLogprob] = field(default_factory=list)
     prompt_token_logprobs: list[TokenLogprob] = field(default_factory=list)
-    preemptions: int = 0
     # after a preemption: the tokens to read again before decoding resumes (prompt and answer but its last token)
     _resume: list[int] | None = None
     _decoder: Utf8Decoder = field(default_factory=Utf8Decoder)
@@ -124,7 +123,6 @@ class Sequence:
         self.num_prefilled = 0
         self.status = SeqStatus.WAITING
         self.seq_id = -1
-        self.preemptions += 1
 
     @property
     def has_first_token(self) -> bool:
