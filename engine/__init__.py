@@ -36,6 +36,7 @@ from engine.info import (
     RequestStatus,
 )
 from engine.interface import GenerationStream, InferenceEngine
+from engine.ray.options import RayOptions
 from engine.request import (
     AdapterRef,
     ChatMessage,
@@ -85,6 +86,7 @@ __all__ = [
     "NonFiniteOutput",
     "OutputMismatch",
     "PromptTooLong",
+    "RayOptions",
     "RequestStatus",
     "RequestTimedOut",
     "SamplingParams",

@@ -10,15 +10,23 @@ from typing import Literal
 
 from engine.config import EngineConfig
 from engine.interface import InferenceEngine
+from engine.ray.options import RayOptions
 
-Backend = Literal["llama"]
-BACKENDS: tuple[Backend, ...] = ("llama",)
+Backend = Literal["llama", "ray"]
+BACKENDS: tuple[Backend, ...] = ("llama", "ray")
 
 
-def open_engine(config: EngineConfig, backend: Backend = "llama") -> InferenceEngine:
-    """An engine for `config`, not yet started: `async with open_engine(config) as engine: …`."""
+def open_engine(config: EngineConfig, backend: Backend = "llama", ray: RayOptions | None = None) -> InferenceEngine:
+    """An engine for `config`, not yet started: `async with open_engine(config) as engine: …`.
+
+    "llama": in this process; "ray": `ray.replicas` llama engines on Ray Serve (this process loads Ray,
+    not llama.cpp)."""
     if backend == "llama":
         from engine.llama import LlamaEngine  # loads llama.cpp
 
         return LlamaEngine(config)
+    if backend == "ray":
+        from engine.ray.engine import RayEngine  # loads Ray
+
+        return RayEngine(config, ray or RayOptions())
     raise ValueError(f"unknown engine backend {backend!r}; known: {', '.join(BACKENDS)}")

@@ -92,6 +92,7 @@ class AdapterInfo(BaseModel):
     version: int = Field(1, description="1, then one more each time the name is loaded with other content.")
     requests_served: int
     requests_in_flight: int = Field(description="Queued or running requests using it; unloading waits for 0.")
+    replicas: tuple[str, ...] = Field((), description="The engine replicas holding it now (Ray backend; else empty).")
 
 
 class LoadedAdapter(BaseModel):

@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> None:
         # agent's pace that drowns the operator's log. Its warnings and errors still show.
         logging.getLogger("mcp").setLevel(logging.WARNING)
     config = args.engine_config()
-    engine = open_engine(config)
+    ray = args.ray_options()
+    engine = open_engine(config, "ray", ray) if ray is not None else open_engine(config)
     try:
         if args.http:
             anyio.run(_serve_http, engine, args, config.model_path.name)

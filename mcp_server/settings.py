@@ -13,12 +13,12 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings import TomlConfigSettingsSource as TomlSource
 
-from engine import EngineConfig
+from engine import EngineConfig, RayOptions
 from mcp_server.metrics import ADAPTER_SET_LABEL_CAP
 from mcp_server.shutdown import DEFAULT_GRACE_S
 
@@ -78,6 +78,21 @@ class Settings(BaseSettings):
         metavar="HOST", default="127.0.0.1",
     )  # fmt: skip
     port: int = option("HTTP port", metavar="N", default=8000, ge=0, le=65535)
+    replicas: int | None = option(
+        "serve through Ray Serve with N engine replicas, each a llama backend in its own process, routed by adapter "
+        "set (with `--http`; starts a local Ray instance unless `--ray-address` is given). See Scaling out on Ray",
+        metavar="N", shown_default="one process, no Ray", default=None, ge=1, le=256,
+    )  # fmt: skip
+    ray_address: str | None = option(
+        "join this Ray cluster (`ray start --head` printed it, e.g. `10.0.0.5:6379`) instead of starting one; "
+        "implies Ray Serve (`--replicas`, default 1)",
+        metavar="ADDR", shown_default="none", default=None, min_length=1,
+    )  # fmt: skip
+    replica_threads: int = option(
+        "llama.cpp threads per Ray replica, fixed; also its Ray `num_cpus`, so replicas sharing a machine never "
+        "compete for cores",
+        metavar="K", default=1, ge=1, le=256,
+    )  # fmt: skip
     allowed_hosts: Annotated[list[str], NoDecode] = option(
         "a host name clients use to reach the server, accepted in Host and Origin besides the bind address; "
         "repeatable (needed on a `0.0.0.0` bind, where the checks are otherwise off)",
@@ -211,6 +226,18 @@ class Settings(BaseSettings):
         "logs go to stderr only. On stdio nothing but JSON-RPC ever reaches stdout, llama.cpp's own logging included",
         metavar="L", default="INFO",
     )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _ray_needs_http(self) -> Settings:
+        if (self.replicas is not None or self.ray_address is not None) and not self.http:
+            raise ValueError("--replicas and --ray-address serve over HTTP: add --http (stdio is one process)")
+        return self
+
+    def ray_options(self) -> RayOptions | None:
+        """The Ray backend's layout, or None to serve in this process."""
+        if self.replicas is None and self.ray_address is None:
+            return None
+        return RayOptions(replicas=self.replicas or 1, address=self.ray_address, replica_threads=self.replica_threads)
 
     @field_validator("allowed_hosts", "adapter_dirs", mode="before")
     @classmethod

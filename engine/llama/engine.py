@@ -15,7 +15,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -103,12 +103,25 @@ class _Pending:
         self.done.set()
 
 
+# name -> the adapter file or folder to load it from (None: no such adapter)
+AdapterLocator = Callable[[str], Awaitable[str | None]]
+
+
 class LlamaEngine:
     """`async with LlamaEngine(config) as engine:` loads the model on the core's thread and serves until exit."""
 
-    def __init__(self, config: EngineConfig, runner_factory: RunnerFactory = _llama_runner) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        runner_factory: RunnerFactory = _llama_runner,
+        *,
+        adapter_locator: AdapterLocator | None = None,
+    ) -> None:
         self.config = config
         self._runner_factory = runner_factory
+        # where a name a request uses is loaded from: NAME.gguf or NAME/ in the adapter directories, unless
+        # the caller knows better (a Ray replica asks the cluster's catalogue first)
+        self._locate_adapter = adapter_locator or self.find_adapter
         self._state = EngineState.STOPPED
         self._started: anyio.Event | None = None  # set once start() has succeeded or failed
         self._ids = itertools.count(1)
@@ -349,7 +362,7 @@ class LlamaEngine:
                 continue
             self._first_uses[name] = done = anyio.Event()  # before any await: one load however many ask
             try:
-                path = await anyio.to_thread.run_sync(self._directories.find, name)
+                path = await self._locate_adapter(name)
                 if path is None:
                     raise unknown_adapter(name, self._residency.names(), searched=True)
                 await self._load_adapter(name, path)
@@ -358,6 +371,14 @@ class LlamaEngine:
                 done.set()
             self._adapter_counts["first_use_loads"] += 1
             self._adapter_counts["first_use_wait_s"] += time.monotonic() - started
+
+    def resident_adapters(self) -> list[str]:
+        """The adapters loaded now, as the core last answered (no call to it)."""
+        return self._residency.names()
+
+    async def find_adapter(self, name: str) -> str | None:
+        """Where NAME.gguf or the folder NAME/ is in the adapter directories (None: nowhere)."""
+        return await anyio.to_thread.run_sync(self._directories.find, name)
 
     async def _load_adapter(
         self, name: str, path: str, *, trusted: bool = False, pin: bool = False, expect_sha256: str | None = None

@@ -1,8 +1,9 @@
 """The contract every backend of `engine.InferenceEngine` passes, written against the interface alone.
 
-Parametrized by backend: `llama` (the in-process llama.cpp backend on the real model) and `fake` (the same
-backend over the byte-level fake runner, tests/fake_runner.py: fast, its text meaningless). A new backend
-(Ray replicas, vLLM) joins by adding its opener to BACKENDS. What the contract fixes: streamed deltas add
+Parametrized by backend: `llama` (the in-process llama.cpp backend on the real model), `fake` (the same
+backend over the byte-level fake runner, tests/fake_runner.py: fast, its text meaningless) and `ray` (one
+llama replica on a local Ray Serve, called across the hop). A new backend joins by adding its opener to
+BACKENDS. What the contract fixes: streamed deltas add
 up to the result, with usage and finish reasons; abort and drain; adapters load, list and unload; errors
 by type; a request's status while queued, reading and generating; stats; capabilities.
 """
@@ -32,6 +33,7 @@ from engine import (
     UnknownAdapter,
 )
 from engine.llama import LlamaEngine
+from engine.ray import RayOptions
 from tests.fake_runner import FakeRunner
 
 pytestmark = pytest.mark.anyio
@@ -50,12 +52,20 @@ def _fake(config: EngineConfig) -> InferenceEngine:
     return LlamaEngine(config, runner_factory=runner)  # type: ignore[arg-type]
 
 
-BACKENDS: dict[str, Callable[[EngineConfig], InferenceEngine]] = {"llama": _llama, "fake": _fake}
+def _ray(config: EngineConfig) -> InferenceEngine:
+    from engine.ray.engine import RayEngine  # loads Ray
+
+    return RayEngine(config, RayOptions(replicas=1, replica_threads=2))
+
+
+BACKENDS: dict[str, Callable[[EngineConfig], InferenceEngine]] = {"llama": _llama, "fake": _fake, "ray": _ray}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def open_engine(request: pytest.FixtureRequest) -> Callable[..., Any]:
     """`async with open_engine(**config) as engine:` for this test's backend."""
+    if request.param == "ray":
+        request.getfixturevalue("ray_instance")  # one local Ray for the session; each test deploys its replicas
 
     @asynccontextmanager
     async def opened(**config: Any) -> AsyncIterator[InferenceEngine]:

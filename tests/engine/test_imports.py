@@ -23,13 +23,20 @@ FRONT_END = (
     "engine.llama",  # the backend's package: its modules load llama.cpp only when LlamaEngine is used
     "engine.llama.scheduling.scheduler",  # pure-Python scheduling
     "engine.llama.core",
+    "engine.ray",  # the Ray backend's package: Ray loads when a RayEngine is opened
 )
 
 
 @pytest.mark.parametrize("module", FRONT_END)
-def test_importing_leaves_llama_cpp_unloaded(module: str) -> None:
-    code = f"import sys, {module}; sys.exit('llama_cpp' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0, f"{module} loads llama.cpp"
+def test_importing_leaves_llama_cpp_and_ray_unloaded(module: str) -> None:
+    code = f"import sys, {module}; sys.exit('llama_cpp' in sys.modules or 'ray' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0, f"{module} loads llama.cpp or Ray"
+
+
+def test_the_ray_backend_loads_ray_but_not_llama_cpp() -> None:
+    """Its front-end side calls replicas: llama.cpp loads in them, never in the process that routes."""
+    code = "import sys, engine.ray.engine; sys.exit('ray' not in sys.modules or 'llama_cpp' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
 
 
 def test_opening_the_llama_backend_loads_it() -> None:
