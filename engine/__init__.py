@@ -6,7 +6,7 @@ lazily. Importing this package loads no backend (and so no llama.cpp); the in-pr
 is `engine.llama` (`LlamaEngine`).
 """
 
-from engine.backends import open_engine
+from engine.backends import open_engine, serve_http_on_ray
 from engine.config import EngineConfig
 from engine.default_model import default_model_path
 from engine.errors import (
@@ -101,4 +101,5 @@ __all__ = [
     "Usage",
     "default_model_path",
     "open_engine",
+    "serve_http_on_ray",
 ]

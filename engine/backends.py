@@ -6,7 +6,8 @@ router in front of remote replicas) need not load llama.cpp at all.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 from engine.config import EngineConfig
 from engine.interface import InferenceEngine
@@ -30,3 +31,19 @@ def open_engine(config: EngineConfig, backend: Backend = "llama", ray: RayOption
 
         return RayEngine(config, ray or RayOptions())
     raise ValueError(f"unknown engine backend {backend!r}; known: {', '.join(BACKENDS)}")
+
+
+def serve_http_on_ray(
+    front_end: Callable[[InferenceEngine], Any],
+    config: EngineConfig,
+    options: RayOptions,
+    *,
+    host: str,
+    port: int,
+    grace_s: float,
+) -> Any:
+    """The front end (`front_end(engine) -> ASGI app`) and the engine replicas as one Ray Serve application,
+    Serve's proxy on host:port; `.start()` deploys it, `.stop()` ends it (a ServeApplication)."""
+    from engine.ray.serving import ServeApplication  # loads Ray
+
+    return ServeApplication(front_end, config, options, host=host, port=port, grace_s=grace_s)

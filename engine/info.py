@@ -157,6 +157,15 @@ class EngineStats:
     sequences_per_step: dict[int, int] = field(default_factory=dict)
     # what only this backend counts (llama: KV cells, sequence moves, …), published as they are
     backend: tuple[BackendMetric, ...] = ()
+    # the adapters running and queued requests use, and the most that may be resident (None: no limit):
+    # what an inference gateway routes by (vllm:lora_requests_info)
+    running_adapters: tuple[str, ...] = ()
+    waiting_adapters: tuple[str, ...] = ()
+    max_adapters: int | None = None
+    # engine processes serving, and wanted (1 and 1 in one process; Ray: its replicas), and each one's stats
+    replicas_ready: int = 1
+    replicas_wanted: int = 1
+    by_replica: dict[str, EngineStats] = field(default_factory=dict)
 
     def backend_value(self, name: str) -> float:
         """The value of the backend metric `name` (KeyError if this backend has none)."""

@@ -4,14 +4,16 @@ the OpenAI-compatible API and /metrics). Options: settings.py."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import signal
 import sys
 from collections.abc import Iterator
 
 import anyio
 import uvicorn
 
-from engine import EngineError, InferenceEngine, open_engine
+from engine import EngineConfig, EngineError, InferenceEngine, RayOptions, open_engine, serve_http_on_ray
 from mcp_server.http_app import MCP_PATH, build_http_app
 from mcp_server.settings import Settings, load
 from mcp_server.shutdown import stop_on_signals
@@ -32,8 +34,10 @@ def main(argv: list[str] | None = None) -> None:
         # agent's pace that drowns the operator's log. Its warnings and errors still show.
         logging.getLogger("mcp").setLevel(logging.WARNING)
     config = args.engine_config()
-    ray = args.ray_options()
-    engine = open_engine(config, "ray", ray) if ray is not None else open_engine(config)
+    if (ray := args.ray_options()) is not None:
+        _serve_on_ray(args, config, ray)
+        return
+    engine = open_engine(config)
     try:
         if args.http:
             anyio.run(_serve_http, engine, args, config.model_path.name)
@@ -48,6 +52,46 @@ def main(argv: list[str] | None = None) -> None:
         logger.info("the MCP client closed the connection; stopped")
     else:
         logger.info("stopped")
+
+
+def _serve_on_ray(args: Settings, config: EngineConfig, options: RayOptions) -> None:
+    """--replicas / --ray-address: the same HTTP app as an ingress deployment beside the engine replicas,
+    Ray Serve's proxy on the port. One ingress keeps MCP sessions (a 2025-era client's cancel reaches its
+    call); several serve MCP statelessly, so that any of them answers any request."""
+    front_end = functools.partial(
+        build_http_app,
+        host=args.host,
+        allowed_hosts=tuple(args.allowed_hosts),
+        auth_token=args.auth_token,
+        metrics_adapter_sets=args.metrics_adapter_sets,
+        stateless=options.ingress_replicas > 1,
+    )
+    app = serve_http_on_ray(front_end, config, options, host=args.host, port=args.port, grace_s=args.shutdown_grace)
+    where = f"Ray cluster {options.address}" if options.address else "a local Ray instance"
+    logger.info("starting %d engine replicas (%d threads each) on %s", options.replicas, options.replica_threads, where)
+    try:
+        app.start()
+    except Exception as exc:  # Serve gave up on the replicas (e.g. a preloaded adapter fails validation)
+        logger.error("the engine replicas could not start: %s", exc)
+        app.stop()
+        raise SystemExit(2) from None
+    url_host = f"[{args.host}]" if ":" in args.host else args.host
+    stateless = " (stateless)" if options.ingress_replicas > 1 else ""
+    logger.info("MCP endpoint http://%s:%d%s%s", url_host, args.port, MCP_PATH, stateless)
+    logger.info("OpenAI-compatible API http://%s:%d/v1  (metrics: /metrics, health: /health)", url_host, args.port)
+    try:
+        anyio.run(_until_signal)
+    finally:
+        logger.info("stopping: open requests get up to %g s to finish", args.shutdown_grace)
+        app.stop()
+        logger.info("stopped")
+
+
+async def _until_signal() -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            logger.info("%s received", signal.Signals(signum).name)
+            return
 
 
 def _leaves(group: BaseExceptionGroup) -> Iterator[BaseException]:

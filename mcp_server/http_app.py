@@ -45,14 +45,19 @@ def build_http_app(
     auth_token: str | None = None,
     on_engine_failure: Callable[[BaseException], None] | None = None,
     metrics_adapter_sets: int = ADAPTER_SET_LABEL_CAP,
+    stateless: bool = False,
 ) -> ASGIApp:
     """The app, behind Host/Origin checks on every route, the optional token, and a body limit; every
-    error under /v1, theirs included, is an OpenAI error object."""
+    error under /v1, theirs included, is an OpenAI error object. `stateless`: no MCP sessions, so any
+    of several front ends can answer any request (behind Ray Serve's proxy)."""
     install_quiet_cancel()
     metrics = Metrics(engine, adapter_set_cap=metrics_adapter_sets)
     mcp = build_server(engine, metrics=metrics)
     mcp_app = mcp.streamable_http_app(
-        streamable_http_path=MCP_PATH, host=host, transport_security=transport_security(host, allowed_hosts)
+        streamable_http_path=MCP_PATH,
+        host=host,
+        transport_security=transport_security(host, allowed_hosts),
+        stateless_http=stateless,
     )
 
     async def health(_request: Request) -> JSONResponse:
@@ -72,8 +77,10 @@ def build_http_app(
                 "steps": stats.steps,
                 "tokens_generated": stats.tokens_generated,
                 "sequences_per_step": stats.sequences_per_step,
+                "replicas": {"ready": stats.replicas_ready, "wanted": stats.replicas_wanted},
             },
-            status_code=200 if state is EngineState.READY else 503,
+            # ready: the engine serves, on at least one replica (Ray restarts a failed one meanwhile)
+            status_code=200 if state is EngineState.READY and stats.replicas_ready > 0 else 503,
         )
 
     @asynccontextmanager

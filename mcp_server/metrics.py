@@ -24,6 +24,7 @@ from prometheus_client.utils import floatToGoString
 from engine import (
     EngineBusy,
     EngineError,
+    EngineStats,
     GenerateRequest,
     GenerationResult,
     InferenceEngine,
@@ -303,6 +304,54 @@ class EngineCollector(Collector):
             family = CounterMetricFamily if metric.kind == "counter" else GaugeMetricFamily
             yield family(f"loramux_{metric.name}", metric.help, value=metric.value)
         yield _sequences_per_step(stats.sequences_per_step)
+        yield from _replica_metrics(stats)
+        yield from _gateway_metrics(stats)
+
+
+def _replica_metrics(stats: EngineStats) -> Iterable[Metric]:
+    """Replicas ready and wanted (1 and 1 in one process), and, behind Ray, each replica's own numbers."""
+    replicas = GaugeMetricFamily("loramux_replicas", "Engine replicas ready, and wanted.", labels=["state"])
+    replicas.add_metric(["ready"], stats.replicas_ready)
+    replicas.add_metric(["wanted"], stats.replicas_wanted)
+    yield replicas
+    if not stats.by_replica:
+        return
+    families = (
+        (GaugeMetricFamily, "loramux_replica_requests_running", "Requests being generated, by replica.", "running"),
+        (GaugeMetricFamily, "loramux_replica_requests_waiting", "Requests queued, by replica.", "waiting"),
+        (CounterMetricFamily, "loramux_replica_decode_steps", "Decode steps run, by replica.", "steps"),
+        (CounterMetricFamily, "loramux_replica_tokens_generated", "Tokens generated, by replica.", "tokens_generated"),
+        (CounterMetricFamily, "loramux_replica_adapters_loaded", "Adapters resident, by replica.", "adapters_loaded"),
+    )
+    for family, name, help_text, field in families:
+        metric = family(name, help_text, labels=["replica"])
+        for replica, own in sorted(stats.by_replica.items()):
+            metric.add_metric([replica], getattr(own, field))
+        yield metric
+
+
+# max_lora without --max-loaded-adapters: any number may be resident and mixed in a step (an integer,
+# since gateways parse it as one).
+NO_ADAPTER_LIMIT = 65535
+
+
+def _gateway_metrics(stats: EngineStats) -> Iterable[Metric]:
+    """The model-server metrics the Kubernetes Gateway API Inference Extension (and llm-d) route by, under
+    vLLM's names: queue, running, KV-cache use, and which adapters running and waiting requests use."""
+    yield _gauge("vllm:num_requests_waiting", "Requests queued (for inference gateways).", stats.waiting)
+    yield _gauge("vllm:num_requests_running", "Requests being generated (for inference gateways).", stats.running)
+    used = {m.name: m.value for m in stats.backend}
+    usage = used.get("kv_cells_used", 0) / used["kv_cells_total"] if used.get("kv_cells_total") else 0.0
+    yield _gauge("vllm:kv_cache_usage_perc", "KV-cache use, 0 to 1 (for inference gateways).", usage)
+    yield _gauge("vllm:gpu_cache_usage_perc", "KV-cache use, 0 to 1 (its older vLLM name).", usage)
+    info = GaugeMetricFamily(
+        "vllm:lora_requests_info",
+        "Adapters of running and waiting requests; the value is when this was read (for inference gateways).",
+        labels=["running_lora_adapters", "waiting_lora_adapters", "max_lora"],
+    )
+    limit = str(NO_ADAPTER_LIMIT if stats.max_adapters is None else stats.max_adapters)
+    info.add_metric([",".join(stats.running_adapters), ",".join(stats.waiting_adapters), limit], time.time())
+    yield info
 
 
 def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:

@@ -88,6 +88,12 @@ class Settings(BaseSettings):
         "implies Ray Serve (`--replicas`, default 1)",
         metavar="ADDR", shown_default="none", default=None, min_length=1,
     )  # fmt: skip
+    ingress_replicas: int = option(
+        "HTTP front ends behind Ray Serve's proxy. With more than one, MCP is served statelessly (any front end "
+        "answers any request), so a 2025-era client's cancel notification cannot reach its call (2026-era clients "
+        "cancel by closing the stream, which works)",
+        metavar="N", default=1, ge=1, le=64,
+    )  # fmt: skip
     replica_threads: int = option(
         "llama.cpp threads per Ray replica, fixed; also its Ray `num_cpus`, so replicas sharing a machine never "
         "compete for cores",
@@ -229,15 +235,23 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _ray_needs_http(self) -> Settings:
-        if (self.replicas is not None or self.ray_address is not None) and not self.http:
+        ray = self.replicas is not None or self.ray_address is not None
+        if ray and not self.http:
             raise ValueError("--replicas and --ray-address serve over HTTP: add --http (stdio is one process)")
+        if not ray and (self.ingress_replicas != 1 or self.replica_threads != 1):
+            raise ValueError("--ingress-replicas and --replica-threads apply to Ray Serve: add --replicas N")
         return self
 
     def ray_options(self) -> RayOptions | None:
         """The Ray backend's layout, or None to serve in this process."""
         if self.replicas is None and self.ray_address is None:
             return None
-        return RayOptions(replicas=self.replicas or 1, address=self.ray_address, replica_threads=self.replica_threads)
+        return RayOptions(
+            replicas=self.replicas or 1,
+            address=self.ray_address,
+            replica_threads=self.replica_threads,
+            ingress_replicas=self.ingress_replicas,
+        )
 
     @field_validator("allowed_hosts", "adapter_dirs", mode="before")
     @classmethod

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from engine.config import EngineConfig
 from engine.errors import EngineError, EngineFailure, RequestTimedOut
@@ -284,6 +284,8 @@ class EngineCore:
             prompt_tokens=self.scheduler.prompt_tokens_read,
             adapters_loaded=len(self.adapters.names()),
             sequences_per_step={n: c for n, c in enumerate(self._histogram) if c},
+            running_adapters=_adapters_of(self.scheduler.running.values()),
+            waiting_adapters=_adapters_of(self.scheduler.waiting),
             backend=(
                 BackendMetric(
                     "kv_cells_used",
@@ -334,3 +336,7 @@ class EngineCore:
     def close(self) -> None:
         self.adapters.close()
         self.runner.close()
+
+
+def _adapters_of(sequences: Iterable[Sequence]) -> tuple[str, ...]:
+    return tuple(sorted({name for seq in sequences for name, _ in seq.adapter_key}))

@@ -265,6 +265,7 @@ class LlamaEngine:
             adapter_first_use_loads=int(counts["first_use_loads"]),
             adapter_first_use_wait_seconds=counts["first_use_wait_s"],
             adapter_reloads=int(counts["reloads"]),
+            max_adapters=self.config.max_loaded_adapters,
         )
 
     async def _ready_core(self) -> CoreThread:

@@ -1,6 +1,6 @@
 """The cluster-wide adapter catalogue, a Ray actor: name → the AdapterInfo it was loaded as (source
-path, content hash, pin), so a name means the same bytes on every replica; and the replicas that are
-up. Replicas load from it on first use; the front end writes it on load_adapter / unload_adapter."""
+path, content hash, pin), so a name means the same bytes on every replica. Replicas load from it on
+first use and record their own first-use loads; the front end writes it on load_adapter / unload_adapter."""
 
 from __future__ import annotations
 
@@ -8,14 +8,13 @@ import ray
 
 from engine.info import AdapterInfo
 
-CATALOGUE_ACTOR = "loramux-adapter-catalogue"
+NAMESPACE = "loramux"
 
 
 @ray.remote(num_cpus=0)
 class AdapterCatalogue:
     def __init__(self) -> None:
         self._adapters: dict[str, AdapterInfo] = {}
-        self._replicas: list[str] = []
 
     def get(self, name: str) -> AdapterInfo | None:
         return self._adapters.get(name)
@@ -33,13 +32,10 @@ class AdapterCatalogue:
     def adapters(self) -> list[AdapterInfo]:
         return sorted(self._adapters.values(), key=lambda a: a.name)
 
-    def join(self, replica: str) -> None:
-        if replica not in self._replicas:
-            self._replicas.append(replica)
 
-    def leave(self, replica: str) -> None:
-        if replica in self._replicas:
-            self._replicas.remove(replica)
-
-    def replicas(self) -> list[str]:
-        return list(self._replicas)
+def catalogue_of(app_name: str) -> ray.actor.ActorHandle:
+    """The catalogue of the application `app_name`: one named actor, made by whoever asks first,
+    outliving any one replica (detached: a replica's restart must not lose it)."""
+    return AdapterCatalogue.options(  # type: ignore[attr-defined]
+        name=f"loramux-adapters-{app_name}", namespace=NAMESPACE, get_if_exists=True, lifetime="detached"
+    ).remote()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,10 +19,8 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import anyio
-import ray
 from ray import serve
-from ray.serve.config import RequestRouterConfig
-from ray.serve.schema import LoggingConfig
+from ray.exceptions import RayActorError, RayTaskError
 
 from engine.config import EngineConfig
 from engine.errors import (
@@ -45,35 +42,49 @@ from engine.info import (
     ModelInfo,
     RequestStatus,
 )
-from engine.ray.catalogue import CATALOGUE_ACTOR, AdapterCatalogue
+from engine.ray.catalogue import catalogue_of
+from engine.ray.cluster import (
+    ReplicaView,
+    engine_deployment,
+    replica_config,
+    running_replicas,
+    start_ray,
+    stop_application,
+)
 from engine.ray.options import RayOptions
-from engine.ray.replica import EngineReplica, check_key
-from engine.ray.routing import ReplicaAwareRouter
-from engine.ray.wire import Entered, Event, Failed, Finished, Status
+from engine.ray.replica import check_key
+from engine.ray.wire import Entered, Event, Failed, Finished, ReplicaGone, Status
 from engine.request import GenerateRequest
 from engine.result import GenerationResult, TextDelta
 
 logger = logging.getLogger(__name__)
 
 STATS_EVERY_S = 0.25
+# An attached front end (the ingress) waits this long for the replicas to load the model.
+REPLICA_START_TIMEOUT_S = 600.0
+# Tries to start a request when the replica Serve picks turns out dead (before it produced anything).
+ENTER_ATTEMPTS = 3
 # How long leaving a stream early waits for the replica to confirm the abort.
 LEAVE_WAIT_S = 2.0
 # A call aimed at one replica that has not answered in this long: the replica is gone (or hung).
 REPLICA_CALL_TIMEOUT_S = 30.0
-NAMESPACE = "loramux"
 R = TypeVar("R")
 
 
 class RayEngine:
-    def __init__(self, config: EngineConfig, options: RayOptions) -> None:
-        # Each replica's llama.cpp threads are its CPUs, fixed: replicas on one machine never share cores.
-        self.config = config.model_copy(update={"threads": options.replica_threads, "adaptive_threads": False})
+    """`handle` None: deploy the engine replicas on opening (joining or starting Ray) and delete them on
+    exit. A handle (the ingress deployment's, ingress.py): use replicas deployed beside it."""
+
+    def __init__(self, config: EngineConfig, options: RayOptions, handle: Any = None) -> None:
+        self.config = replica_config(config, options)
         self.options = options
+        self._handle = handle
+        self._owner = handle is None
         self._state = EngineState.STOPPED
         self._started = anyio.Event()
         self._model_info: ModelInfo | None = None
-        self._handle: Any = None
         self._catalogue: Any = None
+        self._replicas: list[ReplicaView] = []
         self._replica_stats: dict[str, EngineStats] = {}
         self._in_flight = 0
         self._started_ray = False
@@ -84,8 +95,12 @@ class RayEngine:
     async def __aenter__(self) -> Self:
         self._state = EngineState.STARTING
         try:
-            await anyio.to_thread.run_sync(self._deploy)
-            replicas = await self._replica_ids()
+            if self._owner:
+                await anyio.to_thread.run_sync(self._deploy)
+            self._catalogue = catalogue_of(self.options.app_name)
+            with anyio.fail_after(REPLICA_START_TIMEOUT_S):
+                while not (replicas := await self._replica_ids()):  # noqa: ASYNC110 (polling Serve)
+                    await anyio.sleep(0.2)  # attached: the replicas are still loading the model
             _, info = await self._aimed(self._handle.describe, replicas[0])
             assert info is not None
             self._model_info = info.model_copy(
@@ -94,13 +109,15 @@ class RayEngine:
                     "backend": f"{info.backend}, {self.options.replicas} Ray Serve replicas",
                 }
             )
-            await self._refresh_stats()
+            await self._refresh()
         except BaseException:
             self._state = EngineState.FAILED
             self._started.set()
-            await anyio.to_thread.run_sync(self._undeploy)
+            if self._owner:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._undeploy)
             raise
-        self._refresher = asyncio.create_task(self._keep_stats())
+        self._refresher = asyncio.create_task(self._keep_refreshing())
         self._state = EngineState.READY
         self._started.set()
         return self
@@ -112,57 +129,23 @@ class RayEngine:
             self._state = EngineState.STOPPING
         if self._refresher is not None:
             self._refresher.cancel()
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self._undeploy)
+        if self._owner:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._undeploy)
         if self._state is not EngineState.FAILED:
             self._state = EngineState.STOPPED
 
     def _deploy(self) -> None:
         """Join or start Ray, start Serve without its HTTP proxy (the front end is this process), and run
         the replicas; returns once every replica has loaded the model."""
-        if not ray.is_initialized():
-            # loramux handles SIGTERM itself (drain, then stop); Ray's handler would print a stack dump first.
-            os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
-            cpus = None if self.options.address else self.options.replicas * self.options.replica_threads
-            ray.init(
-                address=self.options.address,
-                num_cpus=cpus,
-                namespace=NAMESPACE,
-                include_dashboard=False,
-                configure_logging=False,
-            )
-            self._started_ray = True
-        serve.start(proxy_location="Disabled", logging_config=LoggingConfig(log_level="WARNING"))
-        name = f"{CATALOGUE_ACTOR}-{self.options.app_name}"
-        self._catalogue = AdapterCatalogue.options(name=name, namespace=NAMESPACE, get_if_exists=True).remote()
-        deployment = serve.deployment(
-            EngineReplica,
-            name="engine",
-            num_replicas=self.options.replicas,
-            ray_actor_options={"num_cpus": self.options.replica_threads},
-            # Serve's default of 5 would cap a continuously batching engine at 5 requests; beyond what the
-            # engine takes, requests are refused by it (EngineBusy), not queued by Serve. +8: control calls.
-            max_ongoing_requests=self.config.max_in_flight + 8,
-            request_router_config=RequestRouterConfig(request_router_class=ReplicaAwareRouter),
-            graceful_shutdown_timeout_s=5,
-            # Serve logs every call at INFO; stats are polled 4 times a second per replica.
-            logging_config=LoggingConfig(enable_access_log=False, log_level="WARNING"),
-        )
+        self._started_ray = start_ray(self.options)
+        serve.start(proxy_location="Disabled")
         self._handle = serve.run(
-            deployment.bind(self.config, self._catalogue), name=self.options.app_name, route_prefix=None
+            engine_deployment(self.config, self.options), name=self.options.app_name, route_prefix=None
         )
 
     def _undeploy(self) -> None:
-        if not ray.is_initialized():
-            return
-        try:
-            serve.delete(self.options.app_name)
-            if self._catalogue is not None:
-                ray.kill(self._catalogue)
-        finally:
-            if self._started_ray:
-                serve.shutdown()
-                ray.shutdown()
+        stop_application(self.options.app_name, self._catalogue, self._started_ray)
 
     @property
     def state(self) -> EngineState:
@@ -199,12 +182,10 @@ class RayEngine:
         """Load on one replica (it validates the file and hashes it), record it in the catalogue, and have
         the replicas holding another version under that name load this one; the rest load it on first use."""
         await self._ready()
-        replicas = await self._replica_ids()
-        loaded: LoadedAdapter = await self._aimed(
-            self._handle.load_adapter, replicas[0], name, path, pin, expect_sha256
-        )
+        first = await self._some_replica()
+        loaded: LoadedAdapter = await self._aimed(self._handle.load_adapter, first, name, path, pin, expect_sha256)
         await self._catalogue.put.remote(loaded.adapter)
-        await self._each_replica(lambda r: self._aimed(self._handle.sync_adapter, r, name), skip=replicas[0])
+        await self._each_replica(lambda r: self._aimed(self._handle.sync_adapter, r, name), skip=first)
         return loaded
 
     async def unload_adapter(self, name: str) -> AdapterInfo:
@@ -252,7 +233,8 @@ class RayEngine:
 
     def stats(self) -> EngineStats:
         """The replicas' counters summed, as of their last report (at most STATS_EVERY_S old)."""
-        return summed(self._replica_stats)
+        ready, wanted = self.replicas()
+        return dataclasses.replace(summed(self._replica_stats), replicas_ready=ready, replicas_wanted=wanted)
 
     def _note_stats(self, replica: str, stats: EngineStats) -> None:
         """Keep the newer of two reports (a background refresh may answer after a finished request's)."""
@@ -260,15 +242,20 @@ class RayEngine:
         if seen is None or _progress(stats) >= _progress(seen):
             self._replica_stats[replica] = stats
 
-    async def _keep_stats(self) -> None:
+    def replicas(self) -> tuple[int, int]:
+        """(replicas running, replicas wanted), as of the last refresh."""
+        return sum(r.state == "RUNNING" for r in self._replicas), self.options.replicas
+
+    async def _keep_refreshing(self) -> None:
         while True:
             await anyio.sleep(STATS_EVERY_S)
             try:
-                await self._refresh_stats()
+                await self._refresh()
             except Exception as exc:  # a replica restarting: its numbers come back with it
                 logger.debug("stats refresh failed: %s", exc)
 
-    async def _refresh_stats(self) -> None:
+    async def _refresh(self) -> None:
+        """Which replicas run (from Serve's controller) and their counters."""
         got = await self._each_replica(lambda r: self._aimed(self._handle.stats, r, wait_s=5))
         self._replica_stats = {r: s for r, s in self._replica_stats.items() if r in got}
         for replica, stats in got.items():
@@ -277,24 +264,48 @@ class RayEngine:
     # -- calls to replicas ------------------------------------------------------------------------------------
 
     async def _replica_ids(self) -> list[str]:
-        replicas: list[str] = await self._catalogue.replicas.remote()
-        if not replicas:
-            raise EngineStopped("no engine replica is running")
-        return replicas
+        """The running replicas, as Serve's controller says now."""
+        replicas = await running_replicas(self.options.app_name)
+        if [(r.id, r.state) for r in replicas] != [(r.id, r.state) for r in self._replicas]:
+            logger.info("engine replicas: %s", ", ".join(f"{r.id} {r.state.lower()}" for r in replicas) or "none")
+        self._replicas = replicas
+        return [r.id for r in replicas if r.state == "RUNNING"]
+
+    async def _some_replica(self) -> str:
+        if not (replicas := await self._replica_ids()):
+            raise EngineBusy("no engine replica is running (one is being restarted); retry in a few seconds")
+        return replicas[0]
 
     async def _aimed(self, method: Any, replica: str, *args: Any, wait_s: float = REPLICA_CALL_TIMEOUT_S) -> Any:
-        """`method` on one replica; a replica that does not answer in time has gone."""
+        """`method` on one replica, its EngineError raised as itself (not wrapped in Ray's traceback); a
+        replica that is gone or does not answer in time raises ReplicaGone."""
+        response = method.remote(*args, for_replica=replica)
         try:
             with anyio.fail_after(wait_s):
-                return await method.remote(*args, for_replica=replica)
+                return await response
         except TimeoutError:
-            await self._catalogue.leave.remote(replica)
-            raise EngineFailure(f"engine replica {replica} did not answer in {wait_s:g} s") from None
+            response.cancel()
+            raise ReplicaGone(f"engine replica {replica} did not answer in {wait_s:g} s") from None
+        except RayTaskError as exc:
+            if isinstance(exc.cause, EngineError):
+                raise exc.cause from None
+            raise
+        except RayActorError:
+            raise ReplicaGone(f"engine replica {replica} stopped") from None
 
     async def _each_replica(self, call: Callable[[str], Awaitable[R]], skip: str | None = None) -> dict[str, R]:
+        """`call` on every running replica at once; those found gone meanwhile are left out."""
         replicas = [r for r in await self._replica_ids() if r != skip]
-        results = await asyncio.gather(*(call(r) for r in replicas))
-        return dict(zip(replicas, results, strict=True))
+        results = await asyncio.gather(*(call(r) for r in replicas), return_exceptions=True)
+        answered: dict[str, R] = {}
+        for replica, result in zip(replicas, results, strict=True):
+            if isinstance(result, ReplicaGone):
+                logger.warning("left out of a call to every replica: %s", result)
+                continue
+            if isinstance(result, BaseException):
+                raise result
+            answered[replica] = result
+        return answered
 
 
 def _progress(stats: EngineStats) -> tuple[int, int]:
@@ -302,9 +313,10 @@ def _progress(stats: EngineStats) -> tuple[int, int]:
 
 
 def summed(per_replica: dict[str, EngineStats]) -> EngineStats:
-    """Counters and gauges added up; backend metrics too, by name."""
+    """Counters and gauges added up (backend metrics too, by name), adapter lists joined, each replica's
+    own stats kept under by_replica."""
     if not per_replica:
-        return EngineStats()
+        return EngineStats(replicas_ready=0)
     total: dict[str, Any] = {}
     for field in dataclasses.fields(EngineStats):
         values = [getattr(s, field.name) for s in per_replica.values()]
@@ -317,6 +329,12 @@ def summed(per_replica: dict[str, EngineStats]) -> EngineStats:
                     seen = by_name.get(m.name)
                     by_name[m.name] = m if seen is None else dataclasses.replace(seen, value=seen.value + m.value)
             total[field.name] = tuple(by_name.values())
+        elif field.name in ("running_adapters", "waiting_adapters"):
+            total[field.name] = tuple(sorted({name for names in values for name in names}))
+        elif field.name == "max_adapters":
+            total[field.name] = values[0]  # the same configuration on every replica
+        elif field.name == "by_replica":
+            total[field.name] = dict(per_replica)
         else:
             total[field.name] = sum(values)
     return EngineStats(**total)
@@ -352,14 +370,21 @@ class RayStream:
                 f"the server is busy: {engine._in_flight} requests are running or queued, the limit is {limit}; "
                 "retry in a few seconds"
             )
-        key = check_key([ref.name for ref in self.request.adapters])
+        key = check_key([ref.name for ref in self.request.adapters]) if engine.options.adapter_affinity else ""
         handle = engine._handle.options(stream=True, multiplexed_model_id=key)
         engine._in_flight += 1
         self._counted = True
         try:
-            self._response = handle.generate.remote(self.request, self._id)
-            self._reader = asyncio.create_task(self._read(aiter(self._response)))
-            first = await self._events.get()
+            for attempt in range(1, ENTER_ATTEMPTS + 1):
+                self._response = handle.generate.remote(self.request, self._id)
+                self._reader = asyncio.create_task(self._read(aiter(self._response)))
+                first = await self._events.get()
+                lost = isinstance(first, Failed) and isinstance(first.error, ReplicaGone)
+                if not lost or attempt == ENTER_ATTEMPTS:
+                    break
+                # the replica Serve picked died before taking the request (its router had not noticed yet):
+                # nothing was generated, so another replica may take it
+                await anyio.sleep(0.2 * attempt)
         except BaseException:
             await self._close()
             raise
@@ -383,7 +408,7 @@ class RayStream:
             if self._closed:
                 return  # we cancelled it
             logger.warning("request on replica %s failed: %r", self._replica, exc)
-            error = EngineFailure("the engine replica serving this request stopped (it is being restarted); retry it")
+            error = ReplicaGone("the engine replica serving this request stopped (it is being restarted); retry it")
             self._events.put_nowait(Failed(error))
         else:
             self._events.put_nowait(Failed(EngineFailure("the engine replica ended the stream without a result")))

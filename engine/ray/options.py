@@ -19,4 +19,10 @@ class RayOptions(BaseModel):
         description="llama.cpp threads per replica, also its Ray num_cpus, fixed: replicas sharing a machine "
         "never compete for cores.",
     )
+    ingress_replicas: int = Field(
+        1, ge=1, le=64, description="HTTP front ends (Serve ingress replicas) behind Serve's proxy; MCP is stateless."
+    )
+    adapter_affinity: bool = Field(
+        True, description="Route by adapter set (Serve multiplexing); off: any replica (measured in bench_ray)."
+    )
     app_name: str = Field("loramux", description="The Serve application's name (one per server).")

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 from ray import serve
 
@@ -20,7 +19,8 @@ from engine.config import EngineConfig
 from engine.errors import EngineError, InvalidRequest
 from engine.info import AdapterInfo, AdapterListing, EngineStats, LoadedAdapter, ModelInfo
 from engine.interface import GenerationStream
-from engine.ray.wire import Entered, Event, Failed, Finished, Status
+from engine.ray.catalogue import catalogue_of
+from engine.ray.wire import Entered, Event, Failed, Finished, ReplicaGone, Status
 from engine.request import GenerateRequest
 
 logger = logging.getLogger(__name__)
@@ -39,20 +39,18 @@ class AdapterSet:
 
 
 class EngineReplica:
-    async def __init__(self, config: EngineConfig, catalogue: Any) -> None:
+    async def __init__(self, config: EngineConfig, app_name: str) -> None:
         from engine.llama import LlamaEngine  # llama.cpp is loaded in the replica, never in the front end
 
-        self._catalogue = catalogue
+        self._catalogue = catalogue_of(app_name)
         self._engine = LlamaEngine(config, adapter_locator=self._locate)
         await self._engine.__aenter__()
         self._id = serve.get_replica_context().replica_id.unique_id
         self._streams: dict[str, GenerationStream] = {}
         self._verified: dict[str, str] = {}  # adapter name -> the catalogue's hash this replica checked
-        await catalogue.join.remote(self._id)
 
     async def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._catalogue.leave.remote(self._id)
+        """Serve's graceful shutdown: it has let the open requests finish (graceful_shutdown_timeout_s)."""
         await self._engine.__aexit__(None, None, None)
 
     # -- generation -----------------------------------------------------------------------------------------
@@ -65,7 +63,7 @@ class EngineReplica:
         try:
             if key := serve.get_multiplexed_model_id():
                 await self._adapter_set(key)
-                await self._ensure([ref.name for ref in request.adapters])
+            await self._ensure([ref.name for ref in request.adapters])
             async with stream:
                 self._streams[stream_id] = stream
                 yield Entered(self._id, stream.status())
@@ -109,6 +107,11 @@ class EngineReplica:
     async def abort(self, stream_id: str, for_replica: str) -> None:
         if (stream := self._streams.get(stream_id)) is not None:
             stream.abort()
+
+    def _aimed_here(self, for_replica: str | None) -> None:
+        """A call aimed at another replica reached this one: that replica is gone (routing.py)."""
+        if for_replica is not None and for_replica != self._id:
+            raise ReplicaGone(f"engine replica {for_replica} is not running")
 
     # -- adapters -------------------------------------------------------------------------------------------
 
@@ -155,13 +158,16 @@ class EngineReplica:
     async def load_adapter(
         self, name: str, path: str, pin: bool, expect_sha256: str | None, for_replica: str | None = None
     ) -> LoadedAdapter:
+        self._aimed_here(for_replica)
         loaded = await self._engine.load_adapter(name, path, pin=pin, expect_sha256=expect_sha256)
         self._verified[name] = loaded.adapter.sha256
+        await self._adapter_set(name)  # Serve then sends the requests using it alone here first
         return loaded
 
     async def sync_adapter(self, name: str, for_replica: str) -> AdapterInfo | None:
         """Follow the catalogue's entry for `name`: load its bytes if this replica holds others, unload it
         if the catalogue has none (returns what was unloaded)."""
+        self._aimed_here(for_replica)
         self._verified.pop(name, None)
         entry: AdapterInfo | None = await self._catalogue.get.remote(name)
         resident = {a.name: a for a in (await self._engine.list_adapters()).adapters}
@@ -175,23 +181,28 @@ class EngineReplica:
 
     async def unload_adapter(self, name: str, for_replica: str) -> AdapterInfo | None:
         """Unload `name` here (AdapterInUse while requests use it); None if this replica does not hold it."""
+        self._aimed_here(for_replica)
         self._verified.pop(name, None)
         if name not in {a.name for a in (await self._engine.list_adapters()).adapters}:
             return None
         return await self._engine.unload_adapter(name)
 
     async def list_adapters(self, for_replica: str) -> AdapterListing:
+        self._aimed_here(for_replica)
         return await self._engine.list_adapters()
 
     # -- state ----------------------------------------------------------------------------------------------
 
     async def describe(self, for_replica: str | None = None) -> tuple[str, ModelInfo | None]:
+        self._aimed_here(for_replica)
         return self._id, self._engine.model_info
 
     async def stats(self, for_replica: str) -> EngineStats:
+        self._aimed_here(for_replica)
         return self._engine.stats()
 
     async def drain(self, grace_s: float, for_replica: str) -> int:
+        self._aimed_here(for_replica)
         return await self._engine.drain(grace_s)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.errors import EngineError
+from engine.errors import EngineError, EngineFailure
 from engine.info import EngineStats, RequestStatus
 from engine.result import GenerationResult, TextDelta
 
@@ -40,3 +40,7 @@ Event = Entered | Status | TextDelta | Finished | Failed
 
 # A keyword argument naming the replica a call is for (routing.py sends it there and nowhere else).
 REPLICA_KWARG = "for_replica"
+
+
+class ReplicaGone(EngineFailure):
+    """The replica a call was for, or serving a request, died or is no longer running."""

@@ -101,6 +101,9 @@ def test_repeatable_flags_and_engine_config() -> None:
         (["--adapter", "nameonly"], {}, None, "--adapter: expected NAME=PATH"),
         (["--model", "/no/such.gguf"], {}, None, "--model: model file not found"),
         (["--config", "/no/such.toml"], {}, None, "--config: no such file"),
+        (["--replicas", "2"], {}, None, "serve over HTTP: add --http"),
+        (["--http", "--replicas", "0"], {}, None, "--replicas: must be greater than or equal to 1"),
+        (["--http", "--replica-threads", "2"], {}, None, "apply to Ray Serve: add --replicas N"),
     ],
 )
 def test_bad_configuration_is_a_clear_error_naming_the_option(
