@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2 as httpx
 
 from bench.report import median_interval, run_stamp, save_report
-from engine import AdapterRef, EngineConfig, GenerateRequest, InferenceEngine, SamplingParams
+from engine import AdapterRef, EngineBusy, EngineConfig, GenerateRequest, InferenceEngine, SamplingParams
 from engine.llama import LlamaEngine
 from engine.ray import RayOptions
 from engine.ray.engine import RayEngine
@@ -101,8 +101,10 @@ async def affinity(args: argparse.Namespace, adapter_dir: Path, multiplexing: bo
         before = {r: s.adapter_loads for r, s in engine.stats().by_replica.items()}
         queue = list(plan)
         served: dict[str, int] = {}
+        busy = 0
 
         async def client() -> None:
+            nonlocal busy
             while queue:
                 name = queue.pop()
                 request = GenerateRequest(
@@ -110,9 +112,15 @@ async def affinity(args: argparse.Namespace, adapter_dir: Path, multiplexing: bo
                     sampling=SamplingParams(max_tokens=8, ignore_eos=True, temperature=0.0),
                     adapters=(AdapterRef(name=name),),
                 )
-                async with engine.generate(request) as stream:
-                    async for _ in stream:
-                        pass
+                while True:
+                    try:
+                        async with engine.generate(request) as stream:
+                            async for _ in stream:
+                                pass
+                        break
+                    except EngineBusy:  # its replica's 4 adapters are all in use: retry, as a client would
+                        busy += 1
+                        await asyncio.sleep(0.2)
                 served[stream._replica] = served.get(stream._replica, 0) + 1
 
         await asyncio.gather(*(client() for _ in range(8)))
@@ -124,6 +132,7 @@ async def affinity(args: argparse.Namespace, adapter_dir: Path, multiplexing: bo
         "loads": loads,
         "served": served,
         "hit_share": 1 - sum(loads.values()) / len(plan),
+        "busy_retries": busy,
     }
 
 
@@ -147,12 +156,13 @@ def ttft_over_http(args: argparse.Namespace) -> dict[str, list[float]]:
                     body["messages"][0]["content"] = f"Hi {i}"  # type: ignore[index]  # no prefix-cache help
                     started = time.perf_counter()
                     with client.stream("POST", base + "/v1/chat/completions", json=body) as response:
-                        for line in response.iter_lines():
+                        lines = response.iter_lines()
+                        for line in lines:
                             if '"content": "' in line and '"content": ""' not in line:
                                 if i >= 3:  # the first few warm the path
                                     samples[name].append((time.perf_counter() - started) * 1000)
                                 break
-                        for _ in response.iter_lines():
+                        for _ in lines:
                             pass
             print(name, round(statistics.median(samples[name]), 1), flush=True)
     return samples
@@ -193,14 +203,16 @@ def report(results: dict[str, Any], argv: list[str]) -> list[str]:
         "",
         "## Adapter affinity: 8 adapters, Zipf-like traffic, 2 replicas holding at most 4 each",
         "",
-        "| routing | requests | served by a replica holding the adapter | loads per replica | requests per replica |",
-        "|---|---|---|---|---|",
+        "| routing | requests | served by a replica holding the adapter | loads per replica | requests per replica "
+        "| refused busy, retried |",
+        "|---|---|---|---|---|---|",
     ]
     for label, key in (("by adapter set (multiplexing)", "with"), ("any replica (multiplexing off)", "without")):
         a = results["affinity"][key]
         loads = ", ".join(str(v) for v in sorted(a["loads"].values(), reverse=True))
         served = ", ".join(str(v) for v in sorted(a["served"].values(), reverse=True))
-        lines.append(f"| {label} | {a['requests']} | **{100 * a['hit_share']:.0f}%** | {loads} | {served} |")
+        share = f"**{100 * a['hit_share']:.0f}%**"
+        lines.append(f"| {label} | {a['requests']} | {share} | {loads} | {served} | {a['busy_retries']} |")
     hit = results["affinity"]["with"]["hit_share"]
     ttft = results["ttft"]
     one_p50 = statistics.median(ttft["one process (2 threads)"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 import uuid
 from collections import Counter
@@ -59,7 +60,9 @@ from engine.result import GenerationResult, TextDelta
 
 logger = logging.getLogger(__name__)
 
-STATS_EVERY_S = 0.25
+STATS_EVERY_S = 0.5
+# How often the list of running replicas is read from Serve's controller (a larger call than stats).
+REPLICAS_EVERY_S = 2.0
 # An attached front end (the ingress) waits this long for the replicas to load the model.
 REPLICA_START_TIMEOUT_S = 600.0
 # Tries to start a request when the replica Serve picks turns out dead (before it produced anything).
@@ -182,8 +185,9 @@ class RayEngine:
         """Load on one replica (it validates the file and hashes it), record it in the catalogue, and have
         the replicas holding another version under that name load this one; the rest load it on first use."""
         await self._ready()
-        first = await self._some_replica()
+        first = await self._emptiest_replica()
         loaded: LoadedAdapter = await self._aimed(self._handle.load_adapter, first, name, path, pin, expect_sha256)
+        self._note_stats(first, await self._aimed(self._handle.stats, first))  # where the next load goes
         await self._catalogue.put.remote(loaded.adapter)
         await self._each_replica(lambda r: self._aimed(self._handle.sync_adapter, r, name), skip=first)
         return loaded
@@ -247,16 +251,17 @@ class RayEngine:
         return sum(r.state == "RUNNING" for r in self._replicas), self.options.replicas
 
     async def _keep_refreshing(self) -> None:
-        while True:
+        every = round(REPLICAS_EVERY_S / STATS_EVERY_S)
+        for tick in itertools.count(1):
             await anyio.sleep(STATS_EVERY_S)
             try:
-                await self._refresh()
+                await self._refresh(replicas=tick % every == 0)
             except Exception as exc:  # a replica restarting: its numbers come back with it
                 logger.debug("stats refresh failed: %s", exc)
 
-    async def _refresh(self) -> None:
-        """Which replicas run (from Serve's controller) and their counters."""
-        got = await self._each_replica(lambda r: self._aimed(self._handle.stats, r, wait_s=5))
+    async def _refresh(self, replicas: bool = True) -> None:
+        """The replicas' counters, and (`replicas`) which replicas run, from Serve's controller."""
+        got = await self._each_replica(lambda r: self._aimed(self._handle.stats, r, wait_s=5), fresh=replicas)
         self._replica_stats = {r: s for r, s in self._replica_stats.items() if r in got}
         for replica, stats in got.items():
             self._note_stats(replica, stats)
@@ -271,10 +276,13 @@ class RayEngine:
         self._replicas = replicas
         return [r.id for r in replicas if r.state == "RUNNING"]
 
-    async def _some_replica(self) -> str:
+    async def _emptiest_replica(self) -> str:
+        """The running replica holding fewest adapters: loads spread, and so does the traffic that follows
+        them (Serve routes a set to the replica that loaded it)."""
         if not (replicas := await self._replica_ids()):
             raise EngineBusy("no engine replica is running (one is being restarted); retry in a few seconds")
-        return replicas[0]
+        held = {r: s.adapters_loaded for r, s in self._replica_stats.items()}
+        return min(replicas, key=lambda r: held.get(r, 0))
 
     async def _aimed(self, method: Any, replica: str, *args: Any, wait_s: float = REPLICA_CALL_TIMEOUT_S) -> Any:
         """`method` on one replica, its EngineError raised as itself (not wrapped in Ray's traceback); a
@@ -293,9 +301,13 @@ class RayEngine:
         except RayActorError:
             raise ReplicaGone(f"engine replica {replica} stopped") from None
 
-    async def _each_replica(self, call: Callable[[str], Awaitable[R]], skip: str | None = None) -> dict[str, R]:
-        """`call` on every running replica at once; those found gone meanwhile are left out."""
-        replicas = [r for r in await self._replica_ids() if r != skip]
+    async def _each_replica(
+        self, call: Callable[[str], Awaitable[R]], skip: str | None = None, fresh: bool = True
+    ) -> dict[str, R]:
+        """`call` on every running replica at once (as the controller says now, or, not `fresh`, as it said
+        last); those found gone meanwhile are left out."""
+        known = await self._replica_ids() if fresh else [r.id for r in self._replicas if r.state == "RUNNING"]
+        replicas = [r for r in known if r != skip]
         results = await asyncio.gather(*(call(r) for r in replicas), return_exceptions=True)
         answered: dict[str, R] = {}
         for replica, result in zip(replicas, results, strict=True):
@@ -394,16 +406,17 @@ class RayStream:
         assert isinstance(first, Entered), first
         return self
 
-    async def _read(self, events: AsyncIterator[Event]) -> None:
+    async def _read(self, batches: AsyncIterator[list[Event]]) -> None:
         """The replica's events into the queue, status changes straight into status()."""
         try:
-            async for event in events:
-                if isinstance(event, Status | Entered):
-                    self._status = event.status
-                if isinstance(event, Entered):
-                    self._replica = event.replica
-                if not isinstance(event, Status):
-                    self._events.put_nowait(event)
+            async for batch in batches:
+                for event in batch:
+                    if isinstance(event, Status | Entered):
+                        self._status = event.status
+                    if isinstance(event, Entered):
+                        self._replica = event.replica
+                    if not isinstance(event, Status):
+                        self._events.put_nowait(event)
         except Exception as exc:  # the replica died (RayActorError) or Serve could not reach it
             if self._closed:
                 return  # we cancelled it

@@ -55,9 +55,10 @@ class EngineReplica:
 
     # -- generation -----------------------------------------------------------------------------------------
 
-    async def generate(self, request: GenerateRequest, stream_id: str) -> AsyncIterator[Event]:
-        """Entered or Failed, then status changes, text deltas, and Finished or Failed. Cancelling the
-        caller's response cancels this generator, which aborts the request at its next decode step."""
+    async def generate(self, request: GenerateRequest, stream_id: str) -> AsyncIterator[list[Event]]:
+        """Entered or Failed, then status changes, text deltas, and Finished or Failed; sent in lists, the
+        deltas that piled up while the last list crossed in one (fewer Ray objects under load). Cancelling
+        the caller's response cancels this generator, which aborts the request at its next decode step."""
         stream = self._engine.generate(request)
         pump: asyncio.Task[None] | None = None
         try:
@@ -66,29 +67,34 @@ class EngineReplica:
             await self._ensure([ref.name for ref in request.adapters])
             async with stream:
                 self._streams[stream_id] = stream
-                yield Entered(self._id, stream.status())
+                yield [Entered(self._id, stream.status())]
                 await self._verify([ref.name for ref in request.adapters])
                 queue: asyncio.Queue[Event | None] = asyncio.Queue()
                 pump = asyncio.create_task(self._pump(stream, queue))
                 status = stream.status()
-                while True:
+                ended = False
+                while not ended:
                     wait = None if status.phase == "generating" else STATUS_POLL_S
                     try:
-                        event = await asyncio.wait_for(queue.get(), wait)
+                        first = await asyncio.wait_for(queue.get(), wait)
                     except TimeoutError:
                         if (now := stream.status()) != status:
                             status = now
-                            yield Status(now)
+                            yield [Status(now)]
                         continue
-                    if event is None:
-                        break
-                    if not isinstance(event, Status):
-                        status = stream.status()
-                    yield event
+                    events: list[Event] = []
+                    for event in (first, *_drained(queue)):
+                        if event is None:
+                            ended = True
+                            break
+                        events.append(event)
+                    status = stream.status()
+                    if events:
+                        yield events
             assert stream.result is not None
-            yield Finished(stream.result, self._engine.stats())
+            yield [Finished(stream.result, self._engine.stats())]
         except EngineError as exc:
-            yield Failed(exc)
+            yield [Failed(exc)]
         finally:
             self._streams.pop(stream_id, None)
             if pump is not None:
@@ -211,3 +217,11 @@ def check_key(names: list[str]) -> str:
     if any("+" in n for n in names):
         raise InvalidRequest("adapter names may not contain '+'")
     return "+".join(sorted(set(names)))
+
+
+def _drained(queue: asyncio.Queue[Event | None]) -> list[Event | None]:
+    """What the queue holds now, without waiting."""
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items

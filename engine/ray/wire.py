@@ -1,4 +1,5 @@
-"""What a replica's generation stream sends back across the Ray hop, in order:
+"""What a replica's generation stream sends back across the Ray hop, in lists (the deltas that piled up
+while the previous list crossed travel together), in order:
 
 Entered (the request was accepted) or Failed (refused as it was entered), then Status changes while no
 text flows, TextDeltas, and Finished (with the replica's counters as of the end) or Failed. Every value
