@@ -189,7 +189,7 @@ class EngineReplica:
         """Unload `name` here (AdapterInUse while requests use it); None if this replica does not hold it."""
         self._aimed_here(for_replica)
         self._verified.pop(name, None)
-        if name not in {a.name for a in (await self._engine.list_adapters()).adapters}:
+        if name not in self._engine.resident_adapters():  # no core call, no adapter-directory walk
             return None
         return await self._engine.unload_adapter(name)
 
