@@ -62,8 +62,9 @@ RULES = "\n".join(f"Rule {i}: answer briefly, politely and only about topic {i}.
 async def single_ttft(client: Client, long: bool = False) -> float:
     # a new prompt each time: a cached prefix would make the idle case look faster than it is
     n = next(_singles)
-    # (the number first, so the long prompt shares nothing with earlier ones but the chat template's start)
-    prompt = f"Question {n}: say hi, following these rules.\n{RULES}" if long else f"Say hi to person number {n}."
+    # (the number first, so a prompt shares nothing with earlier ones but the chat template's start, idle
+    # or busy: with the number last, an idle call reused the previous call's KV for all but a few tokens)
+    prompt = f"Question {n}: say hi, following these rules.\n{RULES}" if long else f"Person {n}: say hi."
     result = await client.call_tool("llm_inference", {"prompt": prompt, **SINGLE})
     return json.loads(result.content[0].text)["timings"]["ttft_ms"]  # type: ignore[union-attr]
 

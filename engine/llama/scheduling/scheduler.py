@@ -192,8 +192,9 @@ class Scheduler:
         return self.max_sequences
 
     def _preempt_for_others(self) -> list[Reuse]:
-        """A batch holding more than its share while others wait and find no free slot goes down to its
-        share (half the slots): its members in the highest slots give them back (the others stay
+        """A batch holding more than its share while others wait and find no free slot gives back as many
+        slots as they need, down to its share (half the slots) at most: one caller does not make half the
+        batch read its output again. Its members in the highest slots give them back (the others stay
         contiguous, so nothing moves, and newcomers take the lowest free ids) and wait first among the
         batch. Their KV stays in the prefix cache where the budget allows it, so a newcomer with the same
         start (a chat template's system prompt) reuses it, and a member resuming in the slot that kept
@@ -204,12 +205,12 @@ class Scheduler:
         if not self.waiting:  # the common case, every step: nobody waits
             return clears
         for batch_id in sorted({s.batch_id for s in self.running.values() if s.batch_id is not None}):
-            outside = sum(s.batch_id != batch_id for s in self.waiting)
-            if outside <= len(self._free_seq_ids):
+            short = sum(s.batch_id != batch_id for s in self.waiting) - len(self._free_seq_ids)
+            if short <= 0:
                 continue  # they all find a slot as it is
             members = [s for s in self.running.values() if s.batch_id == batch_id and not s.prompt_logprobs]
             members.sort(key=lambda s: s.seq_id, reverse=True)
-            for seq in members[: max(0, len(members) - self._share(batch_id))]:
+            for seq in members[: min(short, len(members) - self._share(batch_id))]:
                 if not self.prefix_cache.keep(seq.seq_id, seq.adapter_key, seq.held_tokens()):
                     clears.append(Reuse(None, seq.seq_id, 0))
                 self._preempt(seq)

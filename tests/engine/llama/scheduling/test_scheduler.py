@@ -485,3 +485,18 @@ def test_batch_members_sit_out_the_step_that_reads_another_callers_prompt() -> N
     s.add(make_seq(11, n_prompt=20))  # longer than a step's budget: no one sits out for it
     plan = s.schedule(0.0)
     assert plan is not None and {0, 1} <= {c.seq.request_id for c in plan.chunks}
+
+
+def test_one_caller_takes_one_slot_from_a_batch_not_half() -> None:
+    s = scheduler(8)
+    for rid in range(8):
+        s.add(batch_seq(rid))
+    plan = s.schedule(0.0)
+    assert plan is not None
+    s.update_from_output(plan, sample_all(plan), 0.0)
+    caller = make_seq(10)
+    s.add(caller)
+    s.schedule(0.0)
+    assert caller.status.value == "running"
+    assert sum(seq.batch_id == "b" for seq in s.running.values()) == 7  # the highest member alone gave way
+    assert [seq.request_id for seq in s.waiting] == [7] and s.preemptions == 1
