@@ -158,10 +158,10 @@ class Settings(BaseSettings):
         metavar="N", shown_default="half the context's cells", engine="prefix_cache_cells",
     )  # fmt: skip
     flash_attention: bool = option(
-        "use llama.cpp's flash attention on the CPU, with the kernel paths of loramux's llama.cpp patch that sum "
-        "every query row the same way whatever shares the step (stock llama.cpp picks a tiled or split path by "
-        "row count, so outputs would depend on other requests; without the patch it stays off). About 18% "
-        "faster decoding than `--no-flash-attention` here. GPU builds use llama.cpp's choice",
+        "use llama.cpp's flash attention on the CPU, with loramux's llama.cpp patch sending every query row down "
+        "the tiled path whatever shares the step (stock llama.cpp picks a tiled, one-row or split path by row "
+        "count, so outputs would depend on other requests; without the patch it stays off). GPU builds use "
+        "llama.cpp's choice",
         default=True, engine="flash_attention",
     )  # fmt: skip
     queue_depth: int = option(

@@ -74,11 +74,12 @@ class LlamaRunner:
         # Separate KV streams per sequence: a sequence attends only over its own cells, and its output
         # does not depend on what else is in the batch.
         ctx_params.kv_unified = False
-        # Flash attention on the CPU only with the patch's batch-invariant kernel paths: stock llama.cpp
-        # takes a tiled path for 64+ query rows of a sequence and a split-KV path for one row over 512+
-        # cells, each summing in its own order, and which one runs depends on what shares the step (a
-        # 360-token prompt's greedy text changed when another request was decoding; a prefix-cache hit
-        # could change it too). Without the patch it stays off here. GPU builds keep llama.cpp's choice.
+        # Flash attention on the CPU only with the patch's batch-invariant mode (every row on the tiled
+        # path): stock llama.cpp takes a tiled path for 64+ query rows of a sequence, a split-KV path for
+        # one row over 512+ cells and a one-row path otherwise, each summing in its own order, and which
+        # one runs depends on what shares the step (a 360-token prompt's greedy text changed when another
+        # request was decoding; a prefix-cache hit could change it too). Without the patch it stays off
+        # here. GPU builds keep llama.cpp's choice.
         patched = llama_patch.available()
         self._invariant_attention = model_params.n_gpu_layers == 0 and config.flash_attention and patched
         if model_params.n_gpu_layers == 0 and not self._invariant_attention:

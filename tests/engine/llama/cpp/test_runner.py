@@ -270,7 +270,7 @@ def test_ignore_eos_never_samples_an_end_of_generation_token(runner: LlamaRunner
     tokens and a new chat turn). On the argmax path and on llama.cpp's chain, greedy and sampled."""
     eog = set(runner.vocab.eog_tokens)
     assert runner.vocab.eos_token in eog
-    chat = "<|im_start|>user\nSay hi.<|im_end|>\n<|im_start|>assistant\n"
+    chat = "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"  # greedy, it ends within 40 tokens
     prompt = runner.vocab.tokenize(chat, add_special=True, parse_special=True)
 
     def generate(sampling: SamplingParams, n: int = 40) -> list[int]:
@@ -401,3 +401,68 @@ def test_the_greedy_argmax_picks_what_llama_cpps_greedy_sampler_picks(runner: Ll
             llama_cpp.llama_sampler_free(chain)
         for s in seqs:
             runner.remove_sequence(s.request_id, s.seq_id)
+
+
+def test_attention_rows_are_bitwise_the_same_however_a_prompt_is_chunked_or_batched(runner: LlamaRunner) -> None:
+    """The patch's batch-invariant flash attention sends every row down llama.cpp's tiled path: a
+    150-token prompt read in one chunk, in uneven chunks (37 rows, 1 row: stock would take its one-row
+    path for those) beside another sequence's decoding, or one token per step as decoding reads tokens,
+    gives the same logits bit for bit at its last row and at three decode steps after it. And they are
+    stock llama.cpp's own for a 150-row chunk (its tiled path), from a plain context of the same model."""
+    prompt = runner.vocab.tokenize("The river runs to the sea. " * 30, add_special=True, parse_special=False)[:150]
+    other_prompt = runner.vocab.tokenize("Count to ten:", add_special=True, parse_special=False)
+
+    def row_logits(plan: StepPlan, seq: Sequence) -> np.ndarray:
+        row = next(r for s, r in runner._batch.fill(plan)[0] if s is seq)
+        pointer = llama_cpp.llama_get_logits_ith(runner.ctx, row)
+        return np.ctypeslib.as_array(pointer, shape=(runner.vocab.n_tokens,)).copy()
+
+    def read(chunk_sizes: list[int], company: bool) -> list[np.ndarray]:
+        seq = Sequence(70, prompt, GREEDY, (), 32, 0.0, 1e9, status=SeqStatus.RUNNING, seq_id=1)
+        runner.add_sequence(seq.request_id, GREEDY)
+        others = [start(runner, 71, 0, other_prompt)] if company else []
+        seen: list[np.ndarray] = []
+        try:
+            if others:
+                decode(runner, others)  # its prompt; it decodes beside every chunk from here on
+            begin = 0
+            for size in chunk_sizes:
+                last = begin + size == len(prompt)
+                plan = StepPlan([*next_chunks(others), Chunk(seq, prompt[begin : begin + size], begin, last)])
+                output = runner.execute(plan)
+                assert not output.failed
+                if last:
+                    seen.append(row_logits(plan, seq))
+                for s, token in output.sampled:
+                    s.completion_tokens.append(token)
+                begin += size
+            for _ in range(3):
+                plan = StepPlan(next_chunks([*others, seq]))
+                output = runner.execute(plan)
+                assert not output.failed
+                seen.append(row_logits(plan, seq))
+                for s, token in output.sampled:
+                    s.completion_tokens.append(token)
+        finally:
+            runner.remove_sequence(seq.request_id, seq.seq_id)
+            for other in others:
+                runner.remove_sequence(other.request_id, other.seq_id)
+        return seen
+
+    whole = read([150], company=False)
+    for chunk_sizes, company in (([100, 37, 1, 12], True), ([1] * 150, False)):
+        again = read(chunk_sizes, company)
+        assert all(np.array_equal(a, b) for a, b in zip(whole, again, strict=True)), chunk_sizes
+
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx, params.n_seq_max, params.kv_unified, params.n_threads = 256, 1, False, 2
+    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+    ctx = llama_cpp.llama_init_from_model(runner.model, params)
+    try:
+        tokens = (llama_cpp.llama_token * len(prompt))(*prompt)
+        assert llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(tokens, len(prompt))) == 0
+        row = llama_cpp.llama_get_logits_ith(ctx, -1)
+        stock = np.ctypeslib.as_array(row, shape=(runner.vocab.n_tokens,)).copy()
+    finally:
+        llama_cpp.llama_free(ctx)
+    assert np.array_equal(whole[0], stock)
