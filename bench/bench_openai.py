@@ -58,17 +58,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _llama_server(kind: str) -> Path:
-    """Where scripts/build_llama_server.sh puts it: stock in the unpatched source tree, patched in the one
-    loramux's wheel is built from. LORAMUX_LLAMA_SERVER / LORAMUX_LLAMA_SERVER_PATCHED override."""
+    """Where scripts/build_llama_server.sh puts it: in the source tree scripts/llama_source.sh names (the
+    unpatched one for stock, the one loramux's wheel is built from for patched).
+    LORAMUX_LLAMA_SERVER / LORAMUX_LLAMA_SERVER_PATCHED override."""
     if path := os.environ.get("LORAMUX_LLAMA_SERVER" + ("_PATCHED" if kind == "patched" else "")):
         return Path(path)
-    if kind == "patched":
-        script = ROOT / "scripts/llama_source.sh"
-        tree = Path(subprocess.run(["bash", str(script)], capture_output=True, text=True, check=True).stdout.strip())
-    else:
-        tree = (
-            Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "loramux/src/llama_cpp_python-0.3.36-stock"
-        )
+    source = ["bash", str(ROOT / "scripts/llama_source.sh"), *([] if kind == "patched" else ["--stock"])]
+    tree = Path(subprocess.run(source, capture_output=True, text=True, check=True).stdout.strip())
     return tree / "vendor/llama.cpp/build/bin/llama-server"
 
 
@@ -287,7 +283,13 @@ async def one_round(target: Server, n: int, max_tokens: int, adapters: int) -> R
 _RULES = " ".join(f"Rule {i}: keep answers short, polite, factual and about the user's topic." for i in range(84))
 
 
-async def prefill_rounds(targets: list[Server], repeats: int) -> dict[str, list[float]]:
+@dataclass
+class Prefill:
+    seconds: dict[str, list[float]]  # per target, per round
+    prompt_tokens: int
+
+
+async def prefill_rounds(targets: list[Server], repeats: int) -> Prefill:
     """Seconds for a long new prompt and one token out, per target per round (interleaved)."""
     times: dict[str, list[float]] = {t.label: [] for t in targets}
     prompt_tokens = 0
@@ -298,7 +300,7 @@ async def prefill_rounds(targets: list[Server], repeats: int) -> dict[str, list[
             prompt_tokens = (await target.stream(prompt, 1, None, seed=0)).prompt_tokens
             if r >= 0:
                 times[target.label].append(time.perf_counter() - start)
-    return times | {"prompt_tokens": [float(prompt_tokens)]}
+    return Prefill(times, prompt_tokens)
 
 
 @contextmanager
@@ -371,7 +373,7 @@ def sampling_words(name: str) -> str:
     )
 
 
-def report(results: dict, prefill: dict[str, list[float]], args: argparse.Namespace) -> list[str]:
+def report(results: dict, prefill: Prefill | None, args: argparse.Namespace) -> list[str]:
     servers = [label for label in next(iter(results.values())) if label not in ROUTES.values()]
     builds = {
         "stock": "stock (unpatched, llama.cpp's default build: llamafile's sgemm on, flash attention auto)",
@@ -440,30 +442,32 @@ def report(results: dict, prefill: dict[str, list[float]], args: argparse.Namesp
                 + " | ".join(ttft(runs[server]) for server in servers)
                 + f" | {same_text(ours, runs[servers[0]])} |"
             )
-    if prefill:
-        lines += [
-            "",
-            f"## Prefill: an agent's long prompt ({prefill['prompt_tokens'][0]:.0f} tokens), one token out",
-            "",
-            "A new prompt each round (its number first, so no cached prefix helps either server), greedy, "
-            "`max_tokens` 1, one client; time = request sent to stream end; prompt tokens/s = the server's "
-            "`usage.prompt_tokens` / time. Interleaved; ratio = median of per-round loramux / llama-server "
-            "prompt tokens/s.",
-            "",
-            "| server | time p50 (ms) | prompt tokens/s | loramux / server |",
-            "|---|---|---|---|",
-        ]
-        for label, times in prefill.items():
-            if label == "prompt_tokens":
-                continue
-            rate = prefill["prompt_tokens"][0] / statistics.median(times)
-            if label == "loramux":
-                ratio = "-"
-            else:
-                ratios = [b / a for a, b in zip(prefill["loramux"], times, strict=True)]
-                low, high = median_interval(ratios)
-                ratio = f"**{statistics.median(ratios):.3f}x** (CI {low:.3f}–{high:.3f})"
-            lines.append(f"| {label} | {statistics.median(times) * 1000:.0f} | {rate:.0f} | {ratio} |")
+    return lines + (prefill_report(prefill) if prefill else [])
+
+
+def prefill_report(prefill: Prefill) -> list[str]:
+    lines = [
+        "",
+        f"## Prefill: an agent's long prompt ({prefill.prompt_tokens} tokens), one token out",
+        "",
+        "A new prompt each round (its number first, so no cached prefix helps either server), greedy, "
+        "`max_tokens` 1, one client; time = request sent to stream end; prompt tokens/s = the server's "
+        "`usage.prompt_tokens` / time. Interleaved; ratio = median of per-round loramux / llama-server "
+        "prompt tokens/s.",
+        "",
+        "| server | time p50 (ms) | prompt tokens/s | loramux / server |",
+        "|---|---|---|---|",
+    ]
+    ours = prefill.seconds["loramux"]
+    for label, times in prefill.seconds.items():
+        rate = prefill.prompt_tokens / statistics.median(times)
+        if label == "loramux":
+            ratio = "-"
+        else:
+            ratios = [b / a for a, b in zip(ours, times, strict=True)]
+            low, high = median_interval(ratios)
+            ratio = f"**{statistics.median(ratios):.3f}x** (CI {low:.3f}–{high:.3f})"
+        lines.append(f"| {label} | {statistics.median(times) * 1000:.0f} | {rate:.0f} | {ratio} |")
     return lines
 
 
@@ -535,12 +539,12 @@ def main() -> None:
             ]
             return [ours, *([mcp] if args.mcp else []), *theirs]
 
-        async def everything() -> tuple[dict, dict[str, list[float]]]:
+        async def everything() -> tuple[dict, Prefill | None]:
             if args.mcp:
                 await mcp.open()
             results = await compare(targets_for, cases, args.repeats, args.max_tokens)
             prefill_targets = [t for t in targets_for(0) if t is not mcp]
-            prefill = await prefill_rounds(prefill_targets, args.prefill_repeats) if args.prefill_repeats else {}
+            prefill = await prefill_rounds(prefill_targets, args.prefill_repeats) if args.prefill_repeats else None
             return results, prefill
 
         results, prefill = asyncio.run(everything())
