@@ -407,7 +407,9 @@ def test_attention_rows_are_bitwise_the_same_however_a_prompt_is_chunked_or_batc
     """The patch's batch-invariant flash attention sends every row down llama.cpp's tiled path: a
     150-token prompt read in one chunk, in uneven chunks (37 rows, 1 row: stock would take its one-row
     path for those) beside another sequence's decoding, or one token per step as decoding reads tokens,
-    gives the same logits bit for bit at its last row and at three decode steps after it. And they are
+    gives the same logits bit for bit at its last row and at three decode steps after it. Chunks of up to
+    21 rows (1 and 12 here, and decoding) share a tile with the other heads of their KV head; longer ones
+    take a tile per head: both tile shapes are compared. And they are
     stock llama.cpp's own for a 150-row chunk (its tiled path), from a plain context of the same model."""
     prompt = runner.vocab.tokenize("The river runs to the sea. " * 30, add_special=True, parse_special=False)[:150]
     other_prompt = runner.vocab.tokenize("Count to ten:", add_special=True, parse_special=False)
