@@ -4,7 +4,7 @@ An agent that calls tools one after another (Claude Desktop does) gets nothing f
 llm_inference; handing over 50 items at once fills the decode steps. Items take llm_inference's
 arguments; settings given beside `items` apply to every item, an item's own override them. An item that
 fails (refused, cut JSON, an engine error) is an error in its place; the others are unaffected. Items
-are fed to the engine a window at a time (its sequence slots and two more), so a batch of hundreds
+are fed to the engine a window at a time (twice its sequence slots), so a batch of hundreds
 never fills the engine's queue; the engine keeps a batch to half the slots while others' requests wait
 (engine/llama/scheduling/scheduler.py), so other callers are not starved. Progress says k of n items
 done; cancelling the call cancels every item.
@@ -37,7 +37,12 @@ from mcp_server.tools.schemas import InferenceResult
 
 TOOL_NAME = "llm_batch"
 MAX_ITEMS = 500
-WINDOW_EXTRA = 2  # items submitted beyond the slots, so a freed slot is taken at the next step
+# Items in the engine at once: the running ones and as many again queued behind them. Items of equal
+# length (a batch's often are) finish in the same step and free every slot at once; with only a few
+# queued, the rest of the slots idled until the event loop submitted more (the batch ran at 0.93x the
+# speed of the same items sent as concurrent calls, which all wait in the engine). Queued batch items
+# never delay other callers: the scheduler admits requests from outside batches first.
+WINDOW_SLOTS = 2
 
 LLM_BATCH_DESCRIPTION = (
     "Run many independent generations at once (up to 500): classify, summarise or extract over a list. "
@@ -95,7 +100,7 @@ def register(mcp: MCPServer, engine: InferenceEngine, metrics: Metrics) -> None:
         batch_id = secrets.token_hex(8)
         outcomes: list[BatchItemResult | None] = [None] * len(items)
         info = engine.model_info
-        window = anyio.Semaphore((info.max_running_requests if info else 8) + WINDOW_EXTRA)
+        window = anyio.Semaphore((info.max_running_requests if info else 8) * WINDOW_SLOTS)
         done = 0
 
         async def run(index: int, item: Any) -> None:
