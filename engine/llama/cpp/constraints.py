@@ -30,7 +30,10 @@ import llguidance.llamacpp
 import numpy as np
 
 from engine.errors import ConstraintFailed, InvalidRequest
+from engine.llama.cpp.conditionals import with_conditionals_as_choices
+from engine.llama.cpp.schema_keywords import DATA, NAMED_SCHEMAS
 from engine.llama.cpp.sized_cache import SizedCache
+from engine.llama.cpp.unused_definitions import without_unused_definitions
 
 CACHED_GRAMMARS = 256
 CACHED_GRAMMAR_BYTES = 64 << 20  # the schema texts and compiled grammars kept, together
@@ -72,25 +75,35 @@ class ConstraintCompiler:
 
         `strict`: a schema with any part llguidance cannot enforce is refused. Otherwise what it can enforce
         is (keywords it does not implement are left to the validation of the finished output,
-        engine/schema_check.py), and a schema it cannot compile at all is enforced more loosely: without
-        its regexes and formats, then as its top-level type, then as any JSON value."""
+        engine/schema_check.py; `if`/`then`/`else` as choices, conditionals.py), and a schema it cannot
+        compile at all is enforced more loosely: without its regexes and formats, then as its top-level
+        type, then as any JSON value. Either way, definitions nothing refers to are dropped first
+        (unused_definitions.py)."""
         if json_schema is None and grammar is None:
             return None
         if grammar is not None:
             return self._matcher_for("grammar", grammar, refuse_unsupported=True)
-        schema = _without_meta_schema(json_schema)
+        schema = without_unused_definitions(_without_meta_schema(json_schema))
         if strict:
             return self._matcher_for("json_schema", json.dumps({"x-guidance": JSON_LAYOUT} | schema), True)
+        # the conditionals as choices first (looser than the schema, tighter than ignoring them); a rewrite
+        # that fails to compile for any reason gives way to the schema as sent
+        chosen = with_conditionals_as_choices(schema, json_schema.get("$schema"))
+        rewrites = [chosen] if chosen is not schema else []
         first: InvalidRequest | None = None
-        for candidate in _looser(schema):
+        for candidate in rewrites + _looser(schema):
+            rewrite = bool(rewrites) and candidate is chosen
             for _ in range(MAX_RELAXATIONS + 1):
                 try:
                     text = json.dumps({"x-guidance": LENIENT_LAYOUT} | candidate)
                     return self._matcher_for("json_schema", text, refuse_unsupported=False)
                 except InvalidRequest as exc:
                     if not any(words in str(exc) for words in _CANNOT_ENFORCE):
+                        if rewrite:
+                            break
                         raise  # the schema itself is wrong (unsatisfiable, a dangling $ref): say so now
-                    first = first or exc
+                    if not rewrite:  # the reason a refusal gives is the schema's as sent
+                        first = first or exc
                     relaxed = _relaxed_where_named(candidate, str(exc))
                     if relaxed is None:
                         break
@@ -211,15 +224,11 @@ def _without(value: Any, keywords: frozenset[str]) -> Any:
     for key, item in value.items():
         if key in keywords:
             continue
-        if key in _NAMED_SCHEMAS and isinstance(item, dict):
+        if key in NAMED_SCHEMAS and isinstance(item, dict):
             out[key] = {name: _without(sub, keywords) for name, sub in item.items()}
         else:
-            out[key] = item if key in _VALUES else _without(item, keywords)
+            out[key] = item if key in DATA else _without(item, keywords)
     return out
-
-
-_NAMED_SCHEMAS = frozenset({"properties", "$defs", "definitions", "dependentSchemas"})
-_VALUES = frozenset({"enum", "const", "examples", "default"})
 
 
 def _one_line(problem: str) -> str:

@@ -4,30 +4,11 @@ mid-generation is the request's own short error."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import llama_cpp
 import pytest
 
-from engine.default_model import default_model_path
 from engine.errors import ConstraintFailed, InvalidRequest
 from engine.llama.cpp.constraints import CACHED_GRAMMAR_BYTES, ConstraintCompiler, TokenMask
-from engine.llama.cpp.log import quiet_llama_logs
 from engine.llama.cpp.sized_cache import SizedCache
-
-
-@pytest.fixture(scope="module")
-def compiler() -> Iterator[ConstraintCompiler]:
-    quiet_llama_logs()
-    llama_cpp.llama_backend_init()
-    params = llama_cpp.llama_model_default_params()
-    params.vocab_only = True
-    model = llama_cpp.llama_model_load_from_file(str(default_model_path()).encode(), params)
-    assert model
-    try:
-        yield ConstraintCompiler(llama_cpp.llama_model_get_vocab(model))
-    finally:
-        llama_cpp.llama_model_free(model)
 
 
 def test_the_grammar_cache_is_bounded_by_bytes(compiler: ConstraintCompiler, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -125,6 +106,21 @@ def test_a_reference_to_another_document_is_named(compiler: ConstraintCompiler) 
         InvalidRequest, match=r"refers to 'https://example\.com/k8s\.json', which this server does not fetch"
     ):
         compiler.matcher(json_schema={"$ref": "https://example.com/k8s.json"}, grammar=None, strict=False)
+
+
+def test_a_reference_to_another_document_in_a_definition_nothing_uses_is_no_refusal(
+    compiler: ConstraintCompiler,
+) -> None:
+    """SchemaStore's Drone CI schema: its Kubernetes definitions refer to another document; a schema made of
+    its other definitions was refused although nothing in it reached them."""
+    defs = {"name": {"type": "string", "minLength": 1}, "pod": {"$ref": "https://example.com/k8s.json"}}
+    uses_name = {"type": "array", "items": {"$ref": "#/definitions/name"}, "definitions": defs}
+    for strict in (True, False):
+        matcher = compiler.matcher(json_schema=uses_name, grammar=None, strict=strict)
+        assert matcher is not None
+        assert not matcher.consume_tokens(compiler._lltokenizer().tokenize_str('[""'))  # minLength enforced
+    with pytest.raises(InvalidRequest, match="which this server does not fetch"):
+        compiler.matcher(json_schema=uses_name | {"items": {"$ref": "#/definitions/pod"}}, grammar=None, strict=False)
 
 
 def test_not_strict_falls_back_to_what_can_be_enforced(compiler: ConstraintCompiler) -> None:
