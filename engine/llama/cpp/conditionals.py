@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from engine.llama.cpp.schema_keywords import DATA, NAMED_SCHEMAS
+from engine.llama.cpp.schema_keywords import map_schemas
 
 # keywords an `allOf` item may carry besides its conditional and still be only that conditional
 _ANNOTATIONS = frozenset({"$comment", "title", "description"})
@@ -32,22 +32,8 @@ def with_conditionals_as_choices(schema: dict[str, Any], meta: Any = None) -> di
     `$schema` it was sent with (the draft)."""
     if isinstance(meta, str) and any(f"draft-0{n}" in meta for n in (3, 4, 6)):
         return schema  # before draft-07, `if` is no keyword: validators ignore it, and so must this
-    rewritten = _rewrite(schema, schema)
+    rewritten = map_schemas(schema, lambda node: _choices(node, schema))
     return rewritten if rewritten != schema else schema
-
-
-def _rewrite(value: Any, root: dict[str, Any]) -> Any:
-    if isinstance(value, list):
-        return [_rewrite(item, root) for item in value]
-    if not isinstance(value, dict):
-        return value
-    node: dict[str, Any] = {}
-    for key, item in value.items():
-        if key in NAMED_SCHEMAS and isinstance(item, dict):
-            node[key] = {name: _rewrite(sub, root) for name, sub in item.items()}
-        else:
-            node[key] = item if key in DATA else _rewrite(item, root)
-    return _choices(node, root)
 
 
 def _choices(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:

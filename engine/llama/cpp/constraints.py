@@ -31,7 +31,9 @@ import numpy as np
 
 from engine.errors import ConstraintFailed, InvalidRequest
 from engine.llama.cpp.conditionals import with_conditionals_as_choices
-from engine.llama.cpp.schema_keywords import DATA, NAMED_SCHEMAS
+from engine.llama.cpp.presence import with_presence_exact
+from engine.llama.cpp.ref_siblings import exactly_relaxed
+from engine.llama.cpp.schema_keywords import map_schemas
 from engine.llama.cpp.sized_cache import SizedCache
 from engine.llama.cpp.unused_definitions import without_unused_definitions
 
@@ -83,12 +85,19 @@ class ConstraintCompiler:
             return None
         if grammar is not None:
             return self._matcher_for("grammar", grammar, refuse_unsupported=True)
-        schema = without_unused_definitions(_without_meta_schema(json_schema))
+        schema = with_presence_exact(without_unused_definitions(_without_meta_schema(json_schema)))
+        meta = json_schema.get("$schema")
         if strict:
-            return self._matcher_for("json_schema", json.dumps({"x-guidance": JSON_LAYOUT} | schema), True)
+            for _ in range(3):
+                try:
+                    return self._matcher_for("json_schema", json.dumps({"x-guidance": JSON_LAYOUT} | schema), True)
+                except InvalidRequest as exc:
+                    if (exact := exactly_relaxed(schema, str(exc), meta)) is None:
+                        raise
+                    schema = exact
         # the conditionals as choices first (looser than the schema, tighter than ignoring them); a rewrite
         # that fails to compile for any reason gives way to the schema as sent
-        chosen = with_conditionals_as_choices(schema, json_schema.get("$schema"))
+        chosen = with_conditionals_as_choices(schema, meta)
         rewrites = [chosen] if chosen is not schema else []
         first: InvalidRequest | None = None
         for candidate in rewrites + _looser(schema):
@@ -104,7 +113,7 @@ class ConstraintCompiler:
                         raise  # the schema itself is wrong (unsatisfiable, a dangling $ref): say so now
                     if not rewrite:  # the reason a refusal gives is the schema's as sent
                         first = first or exc
-                    relaxed = _relaxed_where_named(candidate, str(exc))
+                    relaxed = exactly_relaxed(candidate, str(exc), meta) or _relaxed_where_named(candidate, str(exc))
                     if relaxed is None:
                         break
                     candidate = relaxed
@@ -213,22 +222,10 @@ def _relaxed_where_named(schema: dict[str, Any], problem: str) -> dict[str, Any]
     return relaxed
 
 
-def _without(value: Any, keywords: frozenset[str]) -> Any:
-    """`value` with those keywords dropped from every schema in it. Maps of names to schemas keep their
+def _without(schema: dict[str, Any], keywords: frozenset[str]) -> Any:
+    """`schema` with those keywords dropped from every schema in it. Maps of names to schemas keep their
     names (a property may be called "pattern"), and values (enum, const, …) are left as they are."""
-    if isinstance(value, list):
-        return [_without(v, keywords) for v in value]
-    if not isinstance(value, dict):
-        return value
-    out: dict[str, Any] = {}
-    for key, item in value.items():
-        if key in keywords:
-            continue
-        if key in NAMED_SCHEMAS and isinstance(item, dict):
-            out[key] = {name: _without(sub, keywords) for name, sub in item.items()}
-        else:
-            out[key] = item if key in DATA else _without(item, keywords)
-    return out
+    return map_schemas(schema, lambda node: {key: item for key, item in node.items() if key not in keywords})
 
 
 def _one_line(problem: str) -> str:

@@ -1,7 +1,28 @@
 """Which JSON Schema keywords hold what, for the passes that walk a schema before llguidance compiles it."""
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
 DEFINITIONS = ("$defs", "definitions")
 # maps of names to schemas: a property may be called "enum", "if" or "$ref"
 NAMED_SCHEMAS = frozenset({"properties", "patternProperties", "dependentSchemas", *DEFINITIONS})
 # values that are data, not schemas (a `$ref` inside an example is no reference)
 DATA = frozenset({"enum", "const", "examples", "default"})
+
+
+def map_schemas(value: Any, at_node: Callable[[dict[str, Any]], Any]) -> Any:
+    """`value` rebuilt bottom-up, each object in it passed through `at_node` once its own sub-schemas have
+    been (maps of names to schemas keep their names; data values are left as they are)."""
+    if isinstance(value, list):
+        return [map_schemas(item, at_node) for item in value]
+    if not isinstance(value, dict):
+        return value
+    node: dict[str, Any] = {}
+    for key, item in value.items():
+        if key in NAMED_SCHEMAS and isinstance(item, dict):
+            node[key] = {name: map_schemas(sub, at_node) for name, sub in item.items()}
+        else:
+            node[key] = item if key in DATA else map_schemas(item, at_node)
+    return at_node(node)

@@ -4,6 +4,9 @@ mid-generation is the request's own short error."""
 
 from __future__ import annotations
 
+import copy
+from typing import Any
+
 import pytest
 
 from engine.errors import ConstraintFailed, InvalidRequest
@@ -133,8 +136,9 @@ def test_not_strict_falls_back_to_what_can_be_enforced(compiler: ConstraintCompi
 
 
 def test_a_sub_schema_llguidance_cannot_handle_is_relaxed_alone(compiler: ConstraintCompiler) -> None:
-    """A circular reference with sibling keys (as in SchemaStore's CircleCI schema): not strict, only that
-    definition is relaxed to {} and the rest (here `required`) stays enforced token by token."""
+    """A circular reference with a sibling that validation uses (2020-12 applies `$ref`'s siblings): not
+    strict, only that definition is relaxed to {} and the rest (here `required`) stays enforced token by
+    token."""
     schema = {
         "type": "object",
         "required": ["version"],
@@ -150,3 +154,38 @@ def test_a_sub_schema_llguidance_cannot_handle_is_relaxed_alone(compiler: Constr
     matcher = compiler.matcher(json_schema=schema, grammar=None, strict=False)
     assert matcher is not None
     assert not matcher.consume_tokens(compiler._lltokenizer().tokenize_str('{"when": {}}'))  # version is required
+
+
+LOGIC = {
+    "type": "object",
+    "properties": {"when": {"$ref": "#/definitions/logic"}},
+    "additionalProperties": False,
+    "definitions": {"logic": {"anyOf": [
+        {"type": "boolean"},
+        {"type": "object", "additionalProperties": False, "properties": {"not": {"$ref": "#/definitions/logic"}}},
+    ]}},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("sibling", "meta"),
+    [
+        ({"markdownDescription": "Logical not"}, None),  # SchemaStore's CircleCI: an annotation, in any draft
+        ({"type": "object"}, "http://json-schema.org/draft-07/schema#"),  # before 2019-09 `$ref` stands alone
+    ],
+)
+def test_siblings_validation_ignores_are_dropped_and_the_circular_reference_enforced(
+    compiler: ConstraintCompiler, sibling: dict[str, Any], meta: str | None
+) -> None:
+    """Before, the whole definition was relaxed to {} (anything) and strict refused the schema; dropping
+    what validation ignores keeps its meaning and llguidance compiles the circular reference."""
+    logic = LOGIC["definitions"]["logic"]["anyOf"]  # type: ignore[index]
+    schema = copy.deepcopy(LOGIC) | ({"$schema": meta} if meta else {})
+    schema["definitions"]["logic"]["anyOf"][1]["properties"]["not"] |= sibling
+    assert logic[1]["properties"]["not"] == {"$ref": "#/definitions/logic"}  # the constant is untouched
+    tokenize = compiler._lltokenizer().tokenize_str
+    for strict in (True, False):
+        for text, allowed in (('{"when": {"not": {"not": true}}}', True), ('{"when": {"not": 3}}', False)):
+            matcher = compiler.matcher(json_schema=schema, grammar=None, strict=strict)
+            assert matcher is not None
+            assert (matcher.consume_tokens(tokenize(text)) and matcher.is_accepting()) == allowed, (strict, text)

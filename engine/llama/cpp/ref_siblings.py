@@ -1,0 +1,52 @@
+"""Keywords beside a `$ref` that validation ignores, dropped when llguidance cannot compile them.
+
+llguidance refuses a circular reference that has sibling keys (SchemaStore's CircleCI `logic`: a
+`$ref` beside a `markdownDescription`), and the whole definition was then relaxed to "anything". Two
+drops that keep the schema's meaning exactly: annotations and keywords no draft defines (validators
+ignore them everywhere), and, in drafts 3 to 7, where every sibling of `$ref` is ignored, all of them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.llama.cpp.schema_keywords import map_schemas
+
+# keywords that decide validity in some draft (2020-12's and the older ones'); the rest annotate
+VALIDATION = frozenset(
+    {
+        "$ref", "$id", "id", "$anchor", "$dynamicRef", "$dynamicAnchor", "$recursiveRef", "$recursiveAnchor",
+        "$defs", "definitions", "type", "enum", "const", "multipleOf", "maximum", "exclusiveMaximum", "minimum",
+        "exclusiveMinimum", "maxLength", "minLength", "pattern", "format", "maxItems", "minItems", "uniqueItems",
+        "maxContains", "minContains", "maxProperties", "minProperties", "required", "dependentRequired",
+        "dependencies", "allOf", "anyOf", "oneOf", "not", "if", "then", "else", "dependentSchemas",
+        "prefixItems", "items", "additionalItems", "contains", "properties", "patternProperties",
+        "additionalProperties", "propertyNames", "unevaluatedItems", "unevaluatedProperties", "disallow",
+        "extends", "divisibleBy",
+    }
+)  # fmt: skip
+_CIRCULAR = "circular references with sibling keys"
+
+
+def exactly_relaxed(schema: dict[str, Any], problem: str, meta: Any) -> dict[str, Any] | None:
+    """The schema with `$ref` siblings dropped as far as its meaning allows, when llguidance refused it
+    for them (`problem`) and something can be dropped; else None. `meta`: its `$schema` as sent."""
+    if _CIRCULAR not in problem:
+        return None
+    for keep in (VALIDATION, frozenset({"$ref"}) if _siblings_ignored(meta) else None):
+        if keep is not None and (dropped := _drop(schema, keep)) != schema:
+            return dropped
+    return None
+
+
+def _siblings_ignored(meta: Any) -> bool:
+    return isinstance(meta, str) and any(f"draft-0{n}" in meta for n in (3, 4, 6, 7))
+
+
+def _drop(schema: dict[str, Any], keep: frozenset[str]) -> Any:
+    def at(node: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(node.get("$ref"), str):
+            return {key: item for key, item in node.items() if key in keep}
+        return node
+
+    return map_schemas(schema, at)

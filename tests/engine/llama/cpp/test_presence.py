@@ -1,0 +1,67 @@
+"""Presence-only `oneOf` / `not` on objects rewritten exactly (jsonschema decides every generated value the
+same way before and after) and enforced token by token."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
+
+from engine.llama.cpp.constraints import ConstraintCompiler
+from engine.llama.cpp.presence import with_presence_exact
+
+PROPS = {name: {"type": "integer"} for name in "abc"}
+OBJECT = {"type": "object", "properties": PROPS, "additionalProperties": False}
+# GitHub's composite action step: `uses`, or `run` with `shell`, never both
+STEP = OBJECT | {
+    "oneOf": [
+        {"anyOf": [{"not": {"properties": {"a": True}, "required": ["a"]}}, {"not": {"required": ["b"]}}]},
+        {"not": {"properties": {"c": True}, "required": ["c"]}},
+    ]
+}
+EXCLUSIVE = OBJECT | {"oneOf": [{"required": ["a"]}, {"required": ["b"]}, {"required": ["c"], "title": "c"}]}
+NOT_BOTH = OBJECT | {"not": {"required": ["a", "b"]}, "required": ["c"]}
+ABSENT = OBJECT | {"oneOf": [{"properties": {"a": False}}, {"allOf": [{"required": ["b"]}, {"required": ["c"]}]}]}
+SCHEMAS = [STEP, EXCLUSIVE, NOT_BOTH, ABSENT]
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.dictionaries(st.sampled_from("abc"), st.integers(0, 1)))
+def test_the_rewrite_decides_every_object_as_the_schema_does(value: dict[str, int]) -> None:
+    for schema in SCHEMAS:
+        rewritten = with_presence_exact(schema)
+        assert rewritten is not schema and "oneOf" not in rewritten and "not" not in rewritten
+        assert Draft202012Validator(schema).is_valid(value) == Draft202012Validator(rewritten).is_valid(value)
+
+
+def test_only_objects_and_only_presence() -> None:
+    untyped = {"oneOf": [{"required": ["a"]}, {"required": ["b"]}]}  # a string satisfies both branches
+    other = OBJECT | {"oneOf": [{"required": ["a"]}, {"properties": {"b": {"minimum": 1}}}]}
+    for schema in (untyped, other, {"type": "object", "not": {"type": "string"}}):
+        assert with_presence_exact(schema) is schema
+    nested = {"type": "array", "items": EXCLUSIVE}
+    assert "oneOf" not in with_presence_exact(nested)["items"]
+
+
+@pytest.mark.parametrize(
+    ("schema", "accepted", "refused"),
+    [
+        (EXCLUSIVE, '{"b": 1}', '{"a": 1, "b": 1}'),
+        (NOT_BOTH, '{"a": 1, "c": 1}', '{"a": 1, "b": 1, "c": 1}'),
+        (STEP, '{"a": 1, "b": 1}', '{"b": 1}'),
+    ],
+)
+@pytest.mark.parametrize("strict", [True, False])
+def test_the_exclusive_choice_is_enforced_token_by_token(
+    compiler: ConstraintCompiler, schema: dict[str, Any], accepted: str, refused: str, strict: bool
+) -> None:
+    """Not strict, `oneOf` was `anyOf` (both properties could come out) and `not` was not enforced; strict
+    refused both keywords."""
+    tokenize = compiler._lltokenizer().tokenize_str
+    for text, allowed in ((accepted, True), (refused, False)):
+        matcher = compiler.matcher(json_schema=schema, grammar=None, strict=strict)
+        assert matcher is not None
+        assert (matcher.consume_tokens(tokenize(text)) and matcher.is_accepting()) == allowed, text
