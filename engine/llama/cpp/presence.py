@@ -18,6 +18,7 @@ from engine.llama.cpp.schema_keywords import map_schemas
 
 _ANNOTATIONS = frozenset({"$comment", "title", "description", "markdownDescription"})
 MAX_BRANCHES = 8  # a oneOf's exact form grows with the square of its branches
+MAX_ATOMS = 256  # presence tests in the exact form: nested oneOfs multiply (a hostile schema must not explode)
 
 # a formula over properties' presence: ("has", name) | ("not", f) | ("all", [f]) | ("any", [f]) | ("one", [f])
 Formula = tuple[str, Any]
@@ -35,7 +36,8 @@ def _exact_at(node: dict[str, Any]) -> dict[str, Any]:
         return node
     exact: list[dict[str, Any]] = []
     for key in ("oneOf", "not"):
-        if key in node and (found := _formula({key: node[key]})) is not None:
+        found = _formula({key: node[key]}) if key in node else None
+        if found is not None and _atoms(found) <= MAX_ATOMS:
             del node[key]
             exact.append(_schema(found))
     if exact:
@@ -68,6 +70,17 @@ def _formula(schema: Any) -> Formula | None:
                 return None
             return (op, parts)
     return None
+
+
+def _atoms(f: Formula) -> int:
+    """How many presence tests the formula's exact form holds (a oneOf of k repeats each branch k times)."""
+    op, arg = f
+    if op == "has":
+        return 1
+    if op == "not":
+        return _atoms(arg)
+    total = sum(_atoms(part) for part in arg)
+    return total * len(arg) if op == "one" else total
 
 
 def _schema(f: Formula, negated: bool = False) -> dict[str, Any]:

@@ -65,3 +65,14 @@ def test_the_exclusive_choice_is_enforced_token_by_token(
         matcher = compiler.matcher(json_schema=schema, grammar=None, strict=strict)
         assert matcher is not None
         assert (matcher.consume_tokens(tokenize(text)) and matcher.is_accepting()) == allowed, text
+
+
+def test_nested_exclusive_choices_do_not_explode() -> None:
+    """Each oneOf level repeats its branches once per branch: 8 levels of 8 would be 8^8 tests."""
+    inner: dict[str, Any] = {"required": ["a"]}
+    for level in range(8):
+        inner = {"oneOf": [inner, *({"required": [f"p{level}_{i}"]} for i in range(7))]}
+    schema = {"type": "object", **inner}
+    assert with_presence_exact(schema) is schema  # left to anyOf and the output check
+    shallow = {"type": "object", "oneOf": [{"oneOf": [{"required": ["a"]}, {"required": ["b"]}]}, {"required": ["c"]}]}
+    assert "oneOf" not in with_presence_exact(shallow)
