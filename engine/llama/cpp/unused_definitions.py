@@ -86,9 +86,12 @@ UNFOLLOWABLE = ("", "")
 def _target(ref: str, base: str) -> tuple[str, str] | None:
     """("$defs" | "definitions", name) a reference points into; None for one into another document or into
     the root's body; UNFOLLOWABLE for a fragment that is no JSON pointer (a name: `#item`)."""
-    document, fragment = urldefrag(urljoin(base, ref)) if base else urldefrag(ref)
-    if document and document != urldefrag(base)[0]:
-        return None
+    try:
+        document, fragment = urldefrag(urljoin(base, ref)) if base else urldefrag(ref)
+        if document and document != urldefrag(base)[0]:
+            return None
+    except ValueError:  # not a URI ("http://["): llguidance says so in its own words
+        return UNFOLLOWABLE
     if fragment and not fragment.startswith("/"):
         return UNFOLLOWABLE
     parts = unquote(fragment).split("/")
