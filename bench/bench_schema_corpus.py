@@ -190,7 +190,7 @@ def report(results: dict[str, Any], argv: list[str]) -> list[str]:
         "|---|" + "---|" * len(runs),
     ]
     for key, label in OUTCOMES.items():
-        cells = [f"{c[key]} ({100 * c[key] / n:.0f}%)" for c in counts.values()]
+        cells = [f"{c[key]} ({100 * c[key] / n:.1f}%)" for c in counts.values()]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += [
         "",

@@ -6,17 +6,20 @@ come out, and the output check then fails) and not `not` at all. When every bran
 properties are present, the exclusive choice can be spelled with what llguidance does enforce: a
 property present is `required: [p]`, absent is `properties: {p: false}`, and `oneOf: [A, B]` is
 `anyOf: [A and not B, B and not A]`, negations pushed inward (De Morgan). Only on objects (`type:
-"object"` beside it): on other values `required` and `properties` both hold, so a property's presence
-and its absence would both be true there.
+"object"` on the schema or on one it applies beside): on other values `required` and `properties` both
+hold, so a property's presence and its absence would both be true there.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from engine.llama.cpp.schema_keywords import map_schemas
+from engine.llama.cpp.schema_keywords import DATA, NAMED_SCHEMAS
 
 _ANNOTATIONS = frozenset({"$comment", "title", "description", "markdownDescription"})
+# keywords whose schemas constrain the instance itself (not a property or an item of it); an `if` only tests
+# it, and conditionals.py reads `if: {not: X}` as written
+_SAME_INSTANCE = frozenset({"allOf", "anyOf", "oneOf", "not", "then", "else"})
 MAX_BRANCHES = 8  # a oneOf's exact form grows with the square of its branches
 MAX_ATOMS = 256  # presence tests in the exact form: nested oneOfs multiply (a hostile schema must not explode)
 
@@ -27,29 +30,64 @@ Formula = tuple[str, Any]
 def with_presence_exact(schema: dict[str, Any]) -> dict[str, Any]:
     """`schema` with each object's presence-only `oneOf` / `not` in a form llguidance enforces; `schema`
     itself where there is none."""
-    rewritten = map_schemas(schema, _exact_at)
+    rewritten = _walk(schema, objects=False)
     return rewritten if rewritten != schema else schema
 
 
+def _walk(value: Any, *, objects: bool) -> Any:
+    """Bottom-up like map_schemas, knowing whether the instance is an object: `type: "object"` here, or on
+    a schema this one applies beside (a `then` of one, an `anyOf` branch of one: the same instance)."""
+    if isinstance(value, list):
+        return [_walk(item, objects=objects) for item in value]
+    if not isinstance(value, dict):
+        return value
+    objects = objects or value.get("type") == "object"
+    node: dict[str, Any] = {}
+    for key, item in value.items():
+        if key in NAMED_SCHEMAS and isinstance(item, dict):
+            node[key] = {name: _walk(sub, objects=False) for name, sub in item.items()}
+        elif key in DATA:
+            node[key] = item
+        else:
+            node[key] = _walk(item, objects=objects and key in _SAME_INSTANCE)
+    return _exact_at(node) if objects else node
+
+
 def _exact_at(node: dict[str, Any]) -> dict[str, Any]:
-    if node.get("type") != "object":
-        return node
     exact: list[dict[str, Any]] = []
-    for key in ("oneOf", "not"):
-        found = _formula({key: node[key]}) if key in node else None
-        if found is not None and _atoms(found) <= MAX_ATOMS:
+    for key in ("oneOf", "not", "anyOf"):  # an anyOf only for a oneOf or not inside it
+        if key in node and (found := _enforceable({key: node[key]})) is not None:
             del node[key]
-            exact.append(_schema(found))
+            exact.append(found)
+    items = node.get("allOf")
+    if isinstance(items, list):  # each item applies to this same object
+        node["allOf"] = [_enforceable(item) or item for item in items]
     if exact:
         node["allOf"] = [*node.get("allOf", []), *exact] if isinstance(node.get("allOf", []), list) else exact
     return node
+
+
+def _enforceable(schema: Any) -> dict[str, Any] | None:
+    """The exact form of a presence formula that llguidance would not enforce as it is written (it holds a
+    oneOf or a not), if it stays small; else None."""
+    found = _formula(schema)
+    if found is None or not _inexact(found) or _atoms(found) > MAX_ATOMS:
+        return None
+    return _schema(found)
+
+
+def _inexact(f: Formula) -> bool:
+    op, arg = f
+    if op in ("one", "not"):
+        return op == "one" or arg[0] != "has"  # not(has p) is exactly `properties: {p: false}` already
+    return op != "has" and any(_inexact(part) for part in arg)
 
 
 def _formula(schema: Any) -> Formula | None:
     """The schema as a formula over presence, or None if it says anything else."""
     if not isinstance(schema, dict):
         return None
-    keys = set(schema) - _ANNOTATIONS
+    keys = set(schema) - _ANNOTATIONS - ({"type"} if schema.get("type") == "object" else set())  # said already
     required, properties = schema.get("required"), schema.get("properties", {})
     if keys <= {"required", "properties"} and "required" in keys:
         names = required if isinstance(required, list) and all(isinstance(n, str) for n in required) else None
