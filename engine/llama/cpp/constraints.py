@@ -21,6 +21,7 @@ import json
 import re
 import threading
 import warnings
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,7 +39,10 @@ from engine.llama.cpp.sized_cache import SizedCache
 from engine.llama.cpp.unused_definitions import without_unused_definitions
 
 CACHED_GRAMMARS = 256
-CACHED_GRAMMAR_BYTES = 64 << 20  # the schema texts and compiled grammars kept, together
+# what the caches keep, together 64 MiB: the schema texts compiled and their grammars; schemas as sent and
+# the text chosen for each (or why it was refused)
+CACHED_GRAMMAR_BYTES = 48 << 20
+CACHED_OUTCOME_BYTES = 16 << 20
 # llguidance's defaults, but errors without its parser state (schemas' contents, internal dumps)
 LIMITS = llguidance.LLParserLimits(verbose_errors=False)
 # JSON on one line, with a space after ':' and ','. With JSON's free whitespace allowed, a small model
@@ -57,6 +61,13 @@ _POINTER = re.compile(r"json-schema:///#(/[^\s'\"]+)")
 _CANNOT_ENFORCE = ("regex parse error", "not supported", "unsupported", "Unimplemented", "Unknown format")
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """A schema the compiler refused, kept so that the same schema is refused again without the work."""
+
+    reason: str
+
+
 class ConstraintCompiler:
     """Per model: schema or grammar text → a fresh matcher for one request."""
 
@@ -64,10 +75,16 @@ class ConstraintCompiler:
         self._vocab = vocab
         self._tokenizer: llguidance.LLTokenizer | None = None
         self._lock = threading.Lock()
-        self._grammars: SizedCache[tuple[str, str], str] = SizedCache(
+        self._grammars: SizedCache[tuple[str, str, bool], str] = SizedCache(
             max_entries=CACHED_GRAMMARS,
             max_bytes=CACHED_GRAMMAR_BYTES,
             size_of=lambda key, grammar: len(key[1]) + len(grammar),  # characters: ~bytes, mostly ASCII
+        )
+        # a schema as sent (and strict or not) → the text compiled for it, or why it was refused
+        self._outcomes: SizedCache[tuple[str, bool], str | Refusal] = SizedCache(
+            max_entries=CACHED_GRAMMARS,
+            max_bytes=CACHED_OUTCOME_BYTES,
+            size_of=lambda key, outcome: len(key[0]) + len(outcome if isinstance(outcome, str) else outcome.reason),
         )
 
     def matcher(
@@ -85,12 +102,31 @@ class ConstraintCompiler:
             return None
         if grammar is not None:
             return self._matcher_for("grammar", grammar, refuse_unsupported=True)
+        # Keyed by the schema as sent: the passes below walk all of it (a 1.4 MB schema: ~0.5 s), and a
+        # refusal is as certain the second time (a client repeating a slow-to-fail schema costs nothing)
+        outcome = self._outcomes.get_or_make(
+            (json.dumps(json_schema), strict), lambda: self._schema_outcome(json_schema, strict)
+        )
+        if isinstance(outcome, Refusal):
+            raise InvalidRequest(outcome.reason)
+        return self._matcher_for("json_schema", outcome, refuse_unsupported=strict)
+
+    def _schema_outcome(self, json_schema: dict[str, Any], strict: bool) -> str | Refusal:
+        try:
+            return self._schema_text(json_schema, strict)
+        except InvalidRequest as exc:
+            return Refusal(str(exc))
+
+    def _schema_text(self, json_schema: dict[str, Any], strict: bool) -> str:
+        """The text llguidance compiled for this schema (see matcher); InvalidRequest if none."""
         schema = with_presence_exact(without_unused_definitions(_without_meta_schema(json_schema)))
         meta = json_schema.get("$schema")
         if strict:
             for _ in range(3):
+                text = json.dumps({"x-guidance": JSON_LAYOUT} | schema)
                 try:
-                    return self._matcher_for("json_schema", json.dumps({"x-guidance": JSON_LAYOUT} | schema), True)
+                    self._compiled("json_schema", text, True)
+                    return text
                 except InvalidRequest as exc:
                     if (exact := exactly_relaxed(schema, str(exc), meta)) is None:
                         raise
@@ -103,9 +139,10 @@ class ConstraintCompiler:
         for candidate in rewrites + _looser(schema):
             rewrite = bool(rewrites) and candidate is chosen
             for _ in range(MAX_RELAXATIONS + 1):
+                text = json.dumps({"x-guidance": LENIENT_LAYOUT} | candidate)
                 try:
-                    text = json.dumps({"x-guidance": LENIENT_LAYOUT} | candidate)
-                    return self._matcher_for("json_schema", text, refuse_unsupported=False)
+                    self._compiled("json_schema", text, False)
+                    return text
                 except InvalidRequest as exc:
                     if not any(words in str(exc) for words in _CANNOT_ENFORCE):
                         if rewrite:
@@ -121,11 +158,13 @@ class ConstraintCompiler:
         raise first
 
     def _matcher_for(self, kind: str, text: str, refuse_unsupported: bool) -> llguidance.LLMatcher:
+        return self._new_matcher(kind, self._compiled(kind, text, refuse_unsupported))
+
+    def _compiled(self, kind: str, text: str, refuse_unsupported: bool) -> str:
         try:
-            compiled = self._grammars.get_or_make(
+            return self._grammars.get_or_make(
                 (kind, text, refuse_unsupported), lambda: self._compile(kind, text, refuse_unsupported)
             )
-            return self._new_matcher(kind, compiled)
         except BaseException as exc:
             if not is_panic(exc):
                 raise

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 
 from engine.errors import ConstraintFailed, InvalidRequest
-from engine.llama.cpp.constraints import CACHED_GRAMMAR_BYTES, ConstraintCompiler, TokenMask
+from engine.llama.cpp.constraints import CACHED_GRAMMAR_BYTES, CACHED_OUTCOME_BYTES, ConstraintCompiler, TokenMask
 from engine.llama.cpp.sized_cache import SizedCache
 
 
 def test_the_grammar_cache_is_bounded_by_bytes(compiler: ConstraintCompiler, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert CACHED_GRAMMAR_BYTES <= 64 << 20
+    assert CACHED_GRAMMAR_BYTES + CACHED_OUTCOME_BYTES <= 64 << 20
     monkeypatch.setattr(compiler._grammars, "max_bytes", 1 << 20)
     words = [f"word{i:05d}-" + "x" * 90 for i in range(1000)]  # ~100 kB of schema text each
     for i in range(24):
@@ -189,3 +189,26 @@ def test_siblings_validation_ignores_are_dropped_and_the_circular_reference_enfo
             matcher = compiler.matcher(json_schema=schema, grammar=None, strict=strict)
             assert matcher is not None
             assert (matcher.consume_tokens(tokenize(text)) and matcher.is_accepting()) == allowed, (strict, text)
+
+
+def test_a_schema_seen_before_skips_the_passes_and_a_refusal_is_remembered(
+    compiler: ConstraintCompiler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The passes before llguidance walk the whole schema (a 1.4 MB one took ~0.5 s a call); a schema
+    seen before goes straight to its compiled grammar, and one refused before is refused again at once."""
+    accepted = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    refused = {"type": "integer", "minimum": 5, "maximum": 3}
+    assert compiler.matcher(json_schema=accepted, grammar=None, strict=False) is not None
+    with pytest.raises(InvalidRequest) as first:
+        compiler.matcher(json_schema=refused, grammar=None, strict=False)
+
+    def walked(*_: object) -> str:
+        raise AssertionError("the schema was prepared again")
+
+    monkeypatch.setattr(compiler, "_schema_text", walked)
+    assert compiler.matcher(json_schema=accepted, grammar=None, strict=False) is not None
+    with pytest.raises(InvalidRequest) as again:
+        compiler.matcher(json_schema=refused, grammar=None, strict=False)
+    assert str(again.value) == str(first.value)
+    with pytest.raises(AssertionError, match="prepared again"):  # strict is its own entry
+        compiler.matcher(json_schema=accepted, grammar=None, strict=True)
