@@ -68,7 +68,8 @@ def _references(value: Any) -> list[str] | None:
             continue
         if not isinstance(item, dict):
             continue
-        if any(isinstance(item.get(key), str) for key in _NAMING):
+        named = _NAMING & item.keys()
+        if named and any(isinstance(item[key], str) for key in named):
             return None
         for key, sub in item.items():
             if key == "$ref" and isinstance(sub, str):
@@ -86,12 +87,15 @@ UNFOLLOWABLE = ("", "")
 def _target(ref: str, base: str) -> tuple[str, str] | None:
     """("$defs" | "definitions", name) a reference points into; None for one into another document or into
     the root's body; UNFOLLOWABLE for a fragment that is no JSON pointer (a name: `#item`)."""
-    try:
-        document, fragment = urldefrag(urljoin(base, ref)) if base else urldefrag(ref)
-        if document and document != urldefrag(base)[0]:
-            return None
-    except ValueError:  # not a URI ("http://["): llguidance says so in its own words
-        return UNFOLLOWABLE
+    if ref.startswith("#"):  # this document, whatever the base (the common case: no URI parsing)
+        fragment = ref[1:]
+    else:
+        try:
+            document, fragment = urldefrag(urljoin(base, ref)) if base else urldefrag(ref)
+            if document and document != urldefrag(base)[0]:
+                return None
+        except ValueError:  # not a URI ("http://["): llguidance says so in its own words
+            return UNFOLLOWABLE
     if fragment and not fragment.startswith("/"):
         return UNFOLLOWABLE
     parts = unquote(fragment).split("/")

@@ -47,7 +47,7 @@ def test_a_schema_whose_references_cannot_all_be_followed_is_left_as_it_is() -> 
     nested_id = {"$ref": "item.json", "$defs": {"item": {"$id": "item.json", "type": "string"}, "other": K8S}}
     relative = {"$id": "https://example.com/a/ci.json", "$ref": "ci.json#/$defs/x", "$defs": {"x": {}, "y": K8S}}
     whole_bag = {"$ref": "#/$defs", "$defs": {"x": {}, "y": K8S}}
-    no_uri = {"$id": "http://[", "$ref": "#/$defs/x", "$defs": {"x": {}, "y": K8S}}  # urllib: ValueError
+    no_uri = {"$id": "http://[", "$ref": "x.json", "$defs": {"x": {}, "y": K8S}}  # urllib: ValueError
     for schema in (anchored, nested_id, whole_bag, no_uri):
         assert without_unused_definitions(schema) is schema
     assert without_unused_definitions(relative)["$defs"] == {"x": {}}  # resolves to this document
