@@ -119,7 +119,8 @@ class ConstraintCompiler:
 
     def _schema_text(self, json_schema: dict[str, Any], strict: bool) -> str:
         """The text llguidance compiled for this schema (see matcher); InvalidRequest if none."""
-        schema = with_presence_exact(without_unused_definitions(_without_meta_schema(json_schema)))
+        pruned = without_unused_definitions(_without_meta_schema(json_schema))
+        schema = with_presence_exact(pruned)
         meta = json_schema.get("$schema")
         if strict:
             for _ in range(3):
@@ -131,13 +132,14 @@ class ConstraintCompiler:
                     if (exact := exactly_relaxed(schema, str(exc), meta)) is None:
                         raise
                     schema = exact
-        # the conditionals as choices first (looser than the schema, tighter than ignoring them); a rewrite
-        # that fails to compile for any reason gives way to the schema as sent
+        # the rewrites first (the conditionals as choices: looser than the schema, tighter than ignoring
+        # them; presence exactly); one that fails to compile for any reason (an intersection llguidance
+        # finds too large) gives way to the next, and at last to the schema as sent
         chosen = with_conditionals_as_choices(schema, meta)
-        rewrites = [chosen] if chosen is not schema else []
+        rewrites = [r for i, r in enumerate((chosen, schema)) if r is not pruned and (i == 0 or r is not chosen)]
         first: InvalidRequest | None = None
-        for candidate in rewrites + _looser(schema):
-            rewrite = bool(rewrites) and candidate is chosen
+        for candidate in rewrites + _looser(pruned):
+            rewrite = any(candidate is r for r in rewrites)
             for _ in range(MAX_RELAXATIONS + 1):
                 text = json.dumps({"x-guidance": LENIENT_LAYOUT} | candidate)
                 try:

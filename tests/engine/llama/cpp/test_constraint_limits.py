@@ -212,3 +212,20 @@ def test_a_schema_seen_before_skips_the_passes_and_a_refusal_is_remembered(
     assert str(again.value) == str(first.value)
     with pytest.raises(AssertionError, match="prepared again"):  # strict is its own entry
         compiler.matcher(json_schema=accepted, grammar=None, strict=True)
+
+
+def test_a_rewrite_that_does_not_compile_gives_way_to_the_schema_as_sent(
+    compiler: ConstraintCompiler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """llguidance may find a rewrite's intersections too large (Dependabot's `if not` did): not strict,
+    the schema as sent is compiled instead, not a looser fallback."""
+    import engine.llama.cpp.constraints as constraints
+
+    broken = {"type": "object", "allOf": [{"$ref": "#/definitions/missing"}]}
+    monkeypatch.setattr(constraints, "with_presence_exact", lambda schema: broken)
+    schema = {"type": "object", "properties": {"gives_way": {"type": "integer"}}, "required": ["gives_way"]}
+    tokenize = compiler._lltokenizer().tokenize_str
+    for text, allowed in (('{"gives_way": 1}', True), ("{}", False)):
+        matcher = compiler.matcher(json_schema=schema, grammar=None, strict=False)
+        assert matcher is not None
+        assert (matcher.consume_tokens(tokenize(text)) and matcher.is_accepting()) == allowed, text
