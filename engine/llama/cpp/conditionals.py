@@ -20,20 +20,26 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from engine.llama.cpp.schema_keywords import map_schemas
+from engine.llama.cpp.schema_keywords import ANNOTATIONS, draft_before, map_schemas, pointer_tokens
 
-# keywords an `allOf` item may carry besides its conditional and still be only that conditional
-_ANNOTATIONS = frozenset({"$comment", "title", "description"})
 MAX_CHOICES = 64  # values of a keyed property: more, and the conditionals are left as they are
 
 
 def with_conditionals_as_choices(schema: dict[str, Any], meta: Any = None) -> dict[str, Any]:
     """`schema` with its conditionals rewritten where that is sound; `schema` itself if none is. `meta`: the
     `$schema` it was sent with (the draft)."""
-    if isinstance(meta, str) and any(f"draft-0{n}" in meta for n in (3, 4, 6)):
+    if draft_before(meta, 7):
         return schema  # before draft-07, `if` is no keyword: validators ignore it, and so must this
-    rewritten = map_schemas(schema, lambda node: _choices(node, schema))
-    return rewritten if rewritten != schema else schema
+    changed = False
+
+    def at(node: dict[str, Any]) -> dict[str, Any]:
+        nonlocal changed
+        chosen = _choices(node, schema)
+        changed = changed or chosen is not node
+        return chosen
+
+    rewritten = map_schemas(schema, at)
+    return rewritten if changed else schema
 
 
 def _choices(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
@@ -70,7 +76,7 @@ def _choices(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
 
 
 def _only_conditional(item: Any) -> bool:
-    return isinstance(item, dict) and "if" in item and set(item) <= {"if", "then", "else", *_ANNOTATIONS}
+    return isinstance(item, dict) and "if" in item and set(item) <= {"if", "then", "else", *ANNOTATIONS}
 
 
 def _conditional(schema: dict[str, Any]) -> dict[str, Any]:
@@ -133,8 +139,7 @@ def _finite_values(schema: Any, root: dict[str, Any], depth: int = 0) -> list[An
     ref = schema.get("$ref")
     if isinstance(ref, str) and ref.startswith("#/"):
         target: Any = root
-        for part in ref[2:].split("/"):
-            part = part.replace("~1", "/").replace("~0", "~")
+        for part in pointer_tokens(ref[1:]):
             if not isinstance(target, dict) or part not in target:
                 return None
             target = target[part]

@@ -34,7 +34,7 @@ from engine.errors import ConstraintFailed, InvalidRequest
 from engine.llama.cpp.conditionals import with_conditionals_as_choices
 from engine.llama.cpp.presence import with_presence_exact
 from engine.llama.cpp.ref_siblings import exactly_relaxed
-from engine.llama.cpp.schema_keywords import map_schemas
+from engine.llama.cpp.schema_keywords import map_schemas, pointer_tokens
 from engine.llama.cpp.sized_cache import SizedCache
 from engine.llama.cpp.unused_definitions import without_unused_definitions
 
@@ -135,8 +135,10 @@ class ConstraintCompiler:
         # the rewrites first (the conditionals as choices: looser than the schema, tighter than ignoring
         # them; presence exactly); one that fails to compile for any reason (an intersection llguidance
         # finds too large) gives way to the next, and at last to the schema as sent
-        chosen = with_conditionals_as_choices(schema, meta)
-        rewrites = [r for i, r in enumerate((chosen, schema)) if r is not pruned and (i == 0 or r is not chosen)]
+        rewrites: list[dict[str, Any]] = []
+        for rewritten in (with_conditionals_as_choices(schema, meta), schema):
+            if rewritten is not pruned and all(rewritten is not r for r in rewrites):
+                rewrites.append(rewritten)
         first: InvalidRequest | None = None
         for candidate in rewrites + _looser(pruned):
             rewrite = any(candidate is r for r in rewrites)
@@ -245,7 +247,7 @@ def _relaxed_where_named(schema: dict[str, Any], problem: str) -> dict[str, Any]
     found = _POINTER.search(problem)
     if found is None:
         return None
-    parts = [part.replace("~1", "/").replace("~0", "~") for part in found.group(1).split("/")[1:]]
+    parts = pointer_tokens(found.group(1))
     relaxed = copy.deepcopy(schema)
     node: Any = relaxed
     try:

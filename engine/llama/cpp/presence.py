@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.llama.cpp.schema_keywords import DATA, NAMED_SCHEMAS
+from engine.llama.cpp.schema_keywords import ANNOTATIONS, DATA, NAMED_SCHEMAS
 
-_ANNOTATIONS = frozenset({"$comment", "title", "description", "markdownDescription"})
 # keywords whose schemas constrain the instance itself (not a property or an item of it); an `if` only tests
 # it, and conditionals.py reads `if: {not: X}` as written
 _SAME_INSTANCE = frozenset({"allOf", "anyOf", "oneOf", "not", "then", "else"})
@@ -30,41 +29,46 @@ Formula = tuple[str, Any]
 def with_presence_exact(schema: dict[str, Any]) -> dict[str, Any]:
     """`schema` with each object's presence-only `oneOf` / `not` in a form llguidance enforces; `schema`
     itself where there is none."""
-    rewritten = _walk(schema, objects=False)
-    return rewritten if rewritten != schema else schema
+    changed = False
+
+    def walk(value: Any, objects: bool) -> Any:
+        """Bottom-up like map_schemas, knowing whether the instance is an object: `type: "object"` here, or
+        on a schema this one applies beside (a `then` of one, an `anyOf` branch of one: the same instance)."""
+        nonlocal changed
+        if isinstance(value, list):
+            return [walk(item, objects) for item in value]
+        if not isinstance(value, dict):
+            return value
+        objects = objects or value.get("type") == "object"
+        node: dict[str, Any] = {}
+        for key, item in value.items():
+            if key in NAMED_SCHEMAS and isinstance(item, dict):
+                node[key] = {name: walk(sub, False) for name, sub in item.items()}
+            else:
+                node[key] = item if key in DATA else walk(item, objects and key in _SAME_INSTANCE)
+        if objects and _make_exact(node):
+            changed = True
+        return node
+
+    rewritten = walk(schema, False)
+    return rewritten if changed else schema
 
 
-def _walk(value: Any, *, objects: bool) -> Any:
-    """Bottom-up like map_schemas, knowing whether the instance is an object: `type: "object"` here, or on
-    a schema this one applies beside (a `then` of one, an `anyOf` branch of one: the same instance)."""
-    if isinstance(value, list):
-        return [_walk(item, objects=objects) for item in value]
-    if not isinstance(value, dict):
-        return value
-    objects = objects or value.get("type") == "object"
-    node: dict[str, Any] = {}
-    for key, item in value.items():
-        if key in NAMED_SCHEMAS and isinstance(item, dict):
-            node[key] = {name: _walk(sub, objects=False) for name, sub in item.items()}
-        elif key in DATA:
-            node[key] = item
-        else:
-            node[key] = _walk(item, objects=objects and key in _SAME_INSTANCE)
-    return _exact_at(node) if objects else node
-
-
-def _exact_at(node: dict[str, Any]) -> dict[str, Any]:
+def _make_exact(node: dict[str, Any]) -> bool:
+    """Rewrite the object schema's presence formulas in place; whether there was any."""
+    items = node.get("allOf", [])
+    if not isinstance(items, list):
+        return False  # not a valid schema: refused before this
     exact: list[dict[str, Any]] = []
     for key in ("oneOf", "not", "anyOf"):  # an anyOf only for a oneOf or not inside it
         if key in node and (found := _enforceable({key: node[key]})) is not None:
             del node[key]
             exact.append(found)
-    items = node.get("allOf")
-    if isinstance(items, list):  # each item applies to this same object
-        node["allOf"] = [_enforceable(item) or item for item in items]
-    if exact:
-        node["allOf"] = [*node.get("allOf", []), *exact] if isinstance(node.get("allOf", []), list) else exact
-    return node
+    enforced = [_enforceable(item) for item in items]  # each item applies to this same object
+    if not exact and not any(enforced):
+        return False
+    node["allOf"] = [new or item for new, item in zip(enforced, items, strict=True)] + exact
+    return True
 
 
 def _enforceable(schema: Any) -> dict[str, Any] | None:
@@ -87,7 +91,7 @@ def _formula(schema: Any) -> Formula | None:
     """The schema as a formula over presence, or None if it says anything else."""
     if not isinstance(schema, dict):
         return None
-    keys = set(schema) - _ANNOTATIONS - ({"type"} if schema.get("type") == "object" else set())  # said already
+    keys = set(schema) - ANNOTATIONS - ({"type"} if schema.get("type") == "object" else set())  # said already
     required, properties = schema.get("required"), schema.get("properties", {})
     if keys <= {"required", "properties"} and "required" in keys:
         names = required if isinstance(required, list) and all(isinstance(n, str) for n in required) else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.llama.cpp.schema_keywords import map_schemas
+from engine.llama.cpp.schema_keywords import draft_before, map_schemas
 
 # keywords that decide validity in some draft (2020-12's and the older ones'); the rest annotate
 VALIDATION = frozenset(
@@ -33,20 +33,22 @@ def exactly_relaxed(schema: dict[str, Any], problem: str, meta: Any) -> dict[str
     for them (`problem`) and something can be dropped; else None. `meta`: its `$schema` as sent."""
     if _CIRCULAR not in problem:
         return None
-    for keep in (VALIDATION, frozenset({"$ref"}) if _siblings_ignored(meta) else None):
-        if keep is not None and (dropped := _drop(schema, keep)) != schema:
+    for keep in (VALIDATION, frozenset({"$ref"}) if draft_before(meta, 2019) else None):
+        if keep is not None and (dropped := _drop(schema, keep)) is not None:
             return dropped
     return None
 
 
-def _siblings_ignored(meta: Any) -> bool:
-    return isinstance(meta, str) and any(f"draft-0{n}" in meta for n in (3, 4, 6, 7))
+def _drop(schema: dict[str, Any], keep: frozenset[str]) -> dict[str, Any] | None:
+    """The schema with only `keep` beside each `$ref`; None if that drops nothing."""
+    dropped = False
 
-
-def _drop(schema: dict[str, Any], keep: frozenset[str]) -> Any:
     def at(node: dict[str, Any]) -> dict[str, Any]:
-        if isinstance(node.get("$ref"), str):
+        nonlocal dropped
+        if isinstance(node.get("$ref"), str) and not keep.issuperset(node):
+            dropped = True
             return {key: item for key, item in node.items() if key in keep}
         return node
 
-    return map_schemas(schema, at)
+    rewritten = map_schemas(schema, at)
+    return rewritten if dropped else None

@@ -10,6 +10,19 @@ DEFINITIONS = ("$defs", "definitions")
 NAMED_SCHEMAS = frozenset({"properties", "patternProperties", "dependentSchemas", *DEFINITIONS})
 # values that are data, not schemas (a `$ref` inside an example is no reference)
 DATA = frozenset({"enum", "const", "examples", "default"})
+# keywords that only annotate: a schema of these alone says nothing about validity
+ANNOTATIONS = frozenset({"$comment", "title", "description", "markdownDescription"})
+
+
+def draft_before(meta: Any, draft: int) -> bool:
+    """Whether `$schema` (as sent) names a json-schema.org draft older than `draft` (3, 4, 6, 7; 2019 and
+    2020 are newer than all of them)."""
+    return isinstance(meta, str) and any(f"draft-0{n}" in meta for n in (3, 4, 6, 7) if n < draft)
+
+
+def pointer_tokens(pointer: str) -> list[str]:
+    """A JSON pointer's reference tokens ("/definitions/a~1b" -> ["definitions", "a/b"])."""
+    return [token.replace("~1", "/").replace("~0", "~") for token in pointer.split("/")[1:]]
 
 
 def map_schemas(value: Any, at_node: Callable[[dict[str, Any]], Any]) -> Any:

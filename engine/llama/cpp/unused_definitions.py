@@ -13,8 +13,10 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote, urldefrag, urljoin
 
-from engine.llama.cpp.schema_keywords import DATA, DEFINITIONS, NAMED_SCHEMAS
+from engine.llama.cpp.schema_keywords import DATA, DEFINITIONS, NAMED_SCHEMAS, pointer_tokens
 
+# a reference whose target cannot be told for certain: then nothing is dropped
+UNFOLLOWABLE = ("", "")
 # keywords that give a sub-schema a name of its own: a reference could reach it without a JSON pointer
 _NAMING = frozenset({"$id", "id", "$anchor", "$dynamicAnchor", "$dynamicRef", "$recursiveAnchor", "$recursiveRef"})
 
@@ -26,34 +28,34 @@ def without_unused_definitions(schema: dict[str, Any]) -> dict[str, Any]:
     if not containers:
         return schema
     base = schema.get("$id") if isinstance(schema.get("$id"), str) else ""
-    # the root's own `$id` is the base references resolve against, not a name that could be reached otherwise
-    whole = {key: value for key, value in schema.items() if key not in ("$id", "id")}
-    if _references(whole) is None:
-        return schema
-    body = {key: value for key, value in whole.items() if key not in containers}
-    reached: set[tuple[str, str]] = set()
-    pending = [body]
+    # each part's references, in one walk of the whole schema: the body (without the root's own `$id`, the
+    # base references resolve against) and every definition, used or not (one that names itself, with an
+    # `$id` or an anchor, could be reached without a pointer: then nothing is dropped)
+    body = {key: value for key, value in schema.items() if key not in containers and key not in ("$id", "id")}
+    parts: dict[tuple[str, str] | None, Any] = {None: body}
+    parts |= {(key, name): sub for key, defs in containers.items() for name, sub in defs.items()}
+    refs: dict[tuple[str, str] | None, list[str]] = {}
+    for part, value in parts.items():
+        found = _references(value)
+        if found is None:
+            return schema
+        refs[part] = found
+    reached: set[tuple[str, str] | None] = {None}
+    pending: list[tuple[str, str] | None] = [None]
     while pending:
-        for ref in _references(pending.pop()) or ():
+        for ref in refs[pending.pop()]:
             target = _target(ref, base)
             if target == UNFOLLOWABLE:
                 return schema
-            if target is None or target[0] not in containers or target in reached:
-                continue  # another document, or the root's own body (walked already)
-            reached.add(target)
-            if target[1] in containers[target[0]]:
-                pending.append(containers[target[0]][target[1]])
-    if all(len(_reached_in(reached, key)) == len(defs) for key, defs in containers.items()):
+            if target in refs and target not in reached:  # a definition that exists, not yet walked
+                reached.add(target)
+                pending.append(target)
+    if len(reached) == len(parts):
         return schema
     pruned = dict(schema)
     for key, defs in containers.items():
-        keep = _reached_in(reached, key)
-        pruned[key] = {name: sub for name, sub in defs.items() if name in keep}
+        pruned[key] = {name: sub for name, sub in defs.items() if (key, name) in reached}
     return pruned
-
-
-def _reached_in(reached: set[tuple[str, str]], container: str) -> set[str]:
-    return {name for key, name in reached if key == container}
 
 
 def _references(value: Any) -> list[str] | None:
@@ -81,9 +83,6 @@ def _references(value: Any) -> list[str] | None:
     return refs
 
 
-UNFOLLOWABLE = ("", "")
-
-
 def _target(ref: str, base: str) -> tuple[str, str] | None:
     """("$defs" | "definitions", name) a reference points into; None for one into another document or into
     the root's body; UNFOLLOWABLE for a fragment that is no JSON pointer (a name: `#item`)."""
@@ -98,10 +97,9 @@ def _target(ref: str, base: str) -> tuple[str, str] | None:
             return UNFOLLOWABLE
     if fragment and not fragment.startswith("/"):
         return UNFOLLOWABLE
-    parts = unquote(fragment).split("/")
-    if len(parts) == 2 and parts[1] in DEFINITIONS:
+    tokens = pointer_tokens(unquote(fragment))
+    if len(tokens) == 1 and tokens[0] in DEFINITIONS:
         return UNFOLLOWABLE  # the whole bag of definitions
-    if len(parts) < 3:
+    if len(tokens) < 2 or tokens[0] not in DEFINITIONS:
         return None
-    name = parts[2].replace("~1", "/").replace("~0", "~")
-    return (parts[1], name) if parts[1] in DEFINITIONS else None
+    return tokens[0], tokens[1]

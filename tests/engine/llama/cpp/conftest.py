@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import llama_cpp
 import pytest
@@ -23,3 +24,10 @@ def compiler() -> Iterator[ConstraintCompiler]:
         yield ConstraintCompiler(llama_cpp.llama_model_get_vocab(model))
     finally:
         llama_cpp.llama_model_free(model)
+
+
+def enforces(compiler: ConstraintCompiler, schema: dict[str, Any], text: str, *, strict: bool = False) -> bool:
+    """Whether a fresh matcher for the schema takes the whole text and may stop there."""
+    matcher = compiler.matcher(json_schema=schema, grammar=None, strict=strict)
+    assert matcher is not None
+    return bool(matcher.consume_tokens(compiler._lltokenizer().tokenize_str(text))) and matcher.is_accepting()

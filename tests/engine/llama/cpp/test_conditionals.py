@@ -13,6 +13,7 @@ from jsonschema import Draft7Validator
 
 from engine.llama.cpp.conditionals import with_conditionals_as_choices
 from engine.llama.cpp.constraints import ConstraintCompiler
+from tests.engine.llama.cpp.conftest import enforces
 
 # GitHub's issue forms: a form item's `type` decides which `attributes` it needs
 FORM_ITEM = {
@@ -114,8 +115,5 @@ def test_not_strict_the_conditionals_are_enforced_token_by_token(
     compiler: ConstraintCompiler, schema: dict[str, Any], accepted: str, refused: str
 ) -> None:
     """What llguidance ignored before (each refused text was allowed: its `if` was not enforced)."""
-    tokenize = compiler._lltokenizer().tokenize_str
     for text, allowed in ((accepted, True), (refused, False)):
-        matcher = compiler.matcher(json_schema=schema, grammar=None, strict=False)
-        assert matcher is not None
-        assert (matcher.consume_tokens(tokenize(text)) and matcher.is_accepting()) == allowed, text
+        assert enforces(compiler, schema, text) == allowed, text

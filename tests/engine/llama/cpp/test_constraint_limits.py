@@ -12,6 +12,7 @@ import pytest
 from engine.errors import ConstraintFailed, InvalidRequest
 from engine.llama.cpp.constraints import CACHED_GRAMMAR_BYTES, CACHED_OUTCOME_BYTES, ConstraintCompiler, TokenMask
 from engine.llama.cpp.sized_cache import SizedCache
+from tests.engine.llama.cpp.conftest import enforces
 
 
 def test_the_grammar_cache_is_bounded_by_bytes(compiler: ConstraintCompiler, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -183,12 +184,9 @@ def test_siblings_validation_ignores_are_dropped_and_the_circular_reference_enfo
     schema = copy.deepcopy(LOGIC) | ({"$schema": meta} if meta else {})
     schema["definitions"]["logic"]["anyOf"][1]["properties"]["not"] |= sibling
     assert logic[1]["properties"]["not"] == {"$ref": "#/definitions/logic"}  # the constant is untouched
-    tokenize = compiler._lltokenizer().tokenize_str
     for strict in (True, False):
         for text, allowed in (('{"when": {"not": {"not": true}}}', True), ('{"when": {"not": 3}}', False)):
-            matcher = compiler.matcher(json_schema=schema, grammar=None, strict=strict)
-            assert matcher is not None
-            assert (matcher.consume_tokens(tokenize(text)) and matcher.is_accepting()) == allowed, (strict, text)
+            assert enforces(compiler, schema, text, strict=strict) == allowed, (strict, text)
 
 
 def test_a_schema_seen_before_skips_the_passes_and_a_refusal_is_remembered(
@@ -224,8 +222,5 @@ def test_a_rewrite_that_does_not_compile_gives_way_to_the_schema_as_sent(
     broken = {"type": "object", "allOf": [{"$ref": "#/definitions/missing"}]}
     monkeypatch.setattr(constraints, "with_presence_exact", lambda schema: broken)
     schema = {"type": "object", "properties": {"gives_way": {"type": "integer"}}, "required": ["gives_way"]}
-    tokenize = compiler._lltokenizer().tokenize_str
     for text, allowed in (('{"gives_way": 1}', True), ("{}", False)):
-        matcher = compiler.matcher(json_schema=schema, grammar=None, strict=False)
-        assert matcher is not None
-        assert (matcher.consume_tokens(tokenize(text)) and matcher.is_accepting()) == allowed, text
+        assert enforces(compiler, schema, text) == allowed, text

@@ -13,6 +13,7 @@ from jsonschema import Draft202012Validator
 
 from engine.llama.cpp.constraints import ConstraintCompiler
 from engine.llama.cpp.presence import with_presence_exact
+from tests.engine.llama.cpp.conftest import enforces
 
 PROPS = {name: {"type": "integer"} for name in "abc"}
 OBJECT = {"type": "object", "properties": PROPS, "additionalProperties": False}
@@ -82,11 +83,8 @@ def test_the_exclusive_choice_is_enforced_token_by_token(
 ) -> None:
     """Not strict, `oneOf` was `anyOf` (both properties could come out) and `not` was not enforced; strict
     refused both keywords."""
-    tokenize = compiler._lltokenizer().tokenize_str
     for text, allowed in ((accepted, True), (refused, False)):
-        matcher = compiler.matcher(json_schema=schema, grammar=None, strict=strict)
-        assert matcher is not None
-        assert (matcher.consume_tokens(tokenize(text)) and matcher.is_accepting()) == allowed, text
+        assert enforces(compiler, schema, text, strict=strict) == allowed, text
 
 
 def test_nested_exclusive_choices_do_not_explode() -> None:
