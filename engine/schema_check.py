@@ -40,6 +40,11 @@ def schema_validator(schema: dict[str, Any], what: str = "`json_schema`") -> Any
     return cls(schema, format_checker=cls.FORMAT_CHECKER)
 
 
+def validator_class(schema: dict[str, Any]) -> Any:
+    """The jsonschema validator class for the schema's draft (2020-12 when it names none or a generic one)."""
+    return _draft_of(schema)[0]
+
+
 def _draft_of(schema: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """The validator class of the schema's draft, and the schema as that class reads it."""
     with warnings.catch_warnings():

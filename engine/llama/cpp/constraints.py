@@ -32,6 +32,7 @@ import numpy as np
 
 from engine.errors import ConstraintFailed, InvalidRequest
 from engine.llama.cpp.conditionals import with_conditionals_as_choices
+from engine.llama.cpp.object_branches import with_properties_in_branches, with_values_per_branch
 from engine.llama.cpp.presence import with_presence_exact
 from engine.llama.cpp.ref_siblings import exactly_relaxed
 from engine.llama.cpp.schema_keywords import map_schemas, pointer_tokens
@@ -58,6 +59,8 @@ _REGEX_KEYWORDS = frozenset({"pattern", "patternProperties", "propertyNames", "f
 # like `a{99999999}`): a looser try follows
 MAX_RELAXATIONS = 8  # sub-schemas replaced by {} before a coarser fallback
 _POINTER = re.compile(r"json-schema:///#(/[^\s'\"]+)")
+# llguidance's limit on a schema's nodes (fixed in its code): the same schema written out may fit
+_TOO_LARGE = "schema too large"
 _CANNOT_ENFORCE = ("regex parse error", "not supported", "unsupported", "Unimplemented", "Unknown format")
 
 
@@ -97,7 +100,7 @@ class ConstraintCompiler:
         engine/schema_check.py; `if`/`then`/`else` as choices, conditionals.py), and a schema it cannot
         compile at all is enforced more loosely: without its regexes and formats, then as its top-level
         type, then as any JSON value. Either way, definitions nothing refers to are dropped first
-        (unused_definitions.py)."""
+        (unused_definitions.py) and an enumerated property is narrowed per branch (object_branches.py)."""
         if json_schema is None and grammar is None:
             return None
         if grammar is not None:
@@ -119,9 +122,9 @@ class ConstraintCompiler:
 
     def _schema_text(self, json_schema: dict[str, Any], strict: bool) -> str:
         """The text llguidance compiled for this schema (see matcher); InvalidRequest if none."""
-        pruned = without_unused_definitions(_without_meta_schema(json_schema))
-        schema = with_presence_exact(pruned)
         meta = json_schema.get("$schema")
+        pruned = with_values_per_branch(without_unused_definitions(_without_meta_schema(json_schema)), meta)
+        schema = with_presence_exact(pruned)
         if strict:
             for _ in range(3):
                 text = json.dumps({"x-guidance": JSON_LAYOUT} | schema)
@@ -129,7 +132,7 @@ class ConstraintCompiler:
                     self._compiled("json_schema", text, True)
                     return text
                 except InvalidRequest as exc:
-                    if (exact := exactly_relaxed(schema, str(exc), meta)) is None:
+                    if (exact := _exactly_rewritten(schema, str(exc), meta)) is None:
                         raise
                     schema = exact
         # the rewrites first (the conditionals as choices: looser than the schema, tighter than ignoring
@@ -148,6 +151,9 @@ class ConstraintCompiler:
                     self._compiled("json_schema", text, False)
                     return text
                 except InvalidRequest as exc:
+                    if _TOO_LARGE in str(exc) and (smaller := with_properties_in_branches(candidate)) is not candidate:
+                        candidate = smaller
+                        continue
                     if not any(words in str(exc) for words in _CANNOT_ENFORCE):
                         if rewrite:
                             break
@@ -224,6 +230,14 @@ def _without_meta_schema(schema: dict[str, Any]) -> dict[str, Any]:
     if isinstance(meta, str) and urlsplit(meta).netloc == "json-schema.org":
         return {k: v for k, v in schema.items() if k != "$schema"}
     return schema
+
+
+def _exactly_rewritten(schema: dict[str, Any], problem: str, meta: Any) -> dict[str, Any] | None:
+    """The schema in a form llguidance may compile where it refused this one (`problem`), the same values
+    valid; None if there is none."""
+    if _TOO_LARGE in problem and (smaller := with_properties_in_branches(schema)) is not schema:
+        return smaller
+    return exactly_relaxed(schema, problem, meta)
 
 
 def _looser(schema: dict[str, Any]) -> list[dict[str, Any]]:

@@ -10,21 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.llama.cpp.schema_keywords import draft_before, map_schemas
+from engine.llama.cpp.schema_keywords import VALIDATION, draft_before, map_schemas
 
-# keywords that decide validity in some draft (2020-12's and the older ones'); the rest annotate
-VALIDATION = frozenset(
-    {
-        "$ref", "$id", "id", "$anchor", "$dynamicRef", "$dynamicAnchor", "$recursiveRef", "$recursiveAnchor",
-        "$defs", "definitions", "type", "enum", "const", "multipleOf", "maximum", "exclusiveMaximum", "minimum",
-        "exclusiveMinimum", "maxLength", "minLength", "pattern", "format", "maxItems", "minItems", "uniqueItems",
-        "maxContains", "minContains", "maxProperties", "minProperties", "required", "dependentRequired",
-        "dependencies", "allOf", "anyOf", "oneOf", "not", "if", "then", "else", "dependentSchemas",
-        "prefixItems", "items", "additionalItems", "contains", "properties", "patternProperties",
-        "additionalProperties", "propertyNames", "unevaluatedItems", "unevaluatedProperties", "disallow",
-        "extends", "divisibleBy",
-    }
-)  # fmt: skip
 _CIRCULAR = "circular references with sibling keys"
 
 

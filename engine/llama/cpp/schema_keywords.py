@@ -12,6 +12,22 @@ NAMED_SCHEMAS = frozenset({"properties", "patternProperties", "dependentSchemas"
 DATA = frozenset({"enum", "const", "examples", "default"})
 # keywords that only annotate: a schema of these alone says nothing about validity
 ANNOTATIONS = frozenset({"$comment", "title", "description", "markdownDescription"})
+# keywords that give a sub-schema a name of its own: a reference could reach it without a JSON pointer
+NAMING = frozenset({"$id", "id", "$anchor", "$dynamicAnchor", "$dynamicRef", "$recursiveAnchor", "$recursiveRef"})
+# keywords that decide validity in some draft (2020-12's and the older ones', naming and definitions included);
+# the rest annotate, or are a vendor's own ("ignoreCase", "doNotSuggest"): validators ignore them
+VALIDATION = frozenset(
+    {
+        "$ref", "$id", "id", "$anchor", "$dynamicRef", "$dynamicAnchor", "$recursiveRef", "$recursiveAnchor",
+        "$defs", "definitions", "type", "enum", "const", "multipleOf", "maximum", "exclusiveMaximum", "minimum",
+        "exclusiveMinimum", "maxLength", "minLength", "pattern", "format", "maxItems", "minItems", "uniqueItems",
+        "maxContains", "minContains", "maxProperties", "minProperties", "required", "dependentRequired",
+        "dependencies", "allOf", "anyOf", "oneOf", "not", "if", "then", "else", "dependentSchemas",
+        "prefixItems", "items", "additionalItems", "contains", "properties", "patternProperties",
+        "additionalProperties", "propertyNames", "unevaluatedItems", "unevaluatedProperties", "disallow",
+        "extends", "divisibleBy",
+    }
+)  # fmt: skip
 
 
 def draft_before(meta: Any, draft: int) -> bool:

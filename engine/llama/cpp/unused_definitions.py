@@ -13,12 +13,10 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote, urldefrag, urljoin
 
-from engine.llama.cpp.schema_keywords import DATA, DEFINITIONS, NAMED_SCHEMAS, pointer_tokens
+from engine.llama.cpp.schema_keywords import DATA, DEFINITIONS, NAMED_SCHEMAS, NAMING, pointer_tokens
 
 # a reference whose target cannot be told for certain: then nothing is dropped
 UNFOLLOWABLE = ("", "")
-# keywords that give a sub-schema a name of its own: a reference could reach it without a JSON pointer
-_NAMING = frozenset({"$id", "id", "$anchor", "$dynamicAnchor", "$dynamicRef", "$recursiveAnchor", "$recursiveRef"})
 
 
 def without_unused_definitions(schema: dict[str, Any]) -> dict[str, Any]:
@@ -36,7 +34,7 @@ def without_unused_definitions(schema: dict[str, Any]) -> dict[str, Any]:
     parts |= {(key, name): sub for key, defs in containers.items() for name, sub in defs.items()}
     refs: dict[tuple[str, str] | None, list[str]] = {}
     for part, value in parts.items():
-        found = _references(value)
+        found = schema_references(value)
         if found is None:
             return schema
         refs[part] = found
@@ -58,7 +56,7 @@ def without_unused_definitions(schema: dict[str, Any]) -> dict[str, Any]:
     return pruned
 
 
-def _references(value: Any) -> list[str] | None:
+def schema_references(value: Any) -> list[str] | None:
     """Every `$ref` in `value`'s schemas; None if a sub-schema names itself (a reference may then reach it
     some other way)."""
     refs: list[str] = []
@@ -70,7 +68,7 @@ def _references(value: Any) -> list[str] | None:
             continue
         if not isinstance(item, dict):
             continue
-        named = _NAMING & item.keys()
+        named = NAMING & item.keys()
         if named and any(isinstance(item[key], str) for key in named):
             return None
         for key, sub in item.items():

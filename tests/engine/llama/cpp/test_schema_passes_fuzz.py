@@ -1,6 +1,6 @@
 """Whatever schema-like value arrives, the passes before llguidance (unused definitions, presence,
-conditionals, `$ref` siblings) and the compile end in a matcher or a request error, never another
-exception (an outside fuzzer sends such values; a 500 would be a bug)."""
+conditionals, `$ref` siblings, object branches) and the compile end in a matcher or a request error, never
+another exception (an outside fuzzer sends such values; a 500 would be a bug)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,21 @@ from hypothesis import strategies as st
 
 from engine.errors import InvalidRequest
 from engine.llama.cpp.constraints import ConstraintCompiler
+from engine.llama.cpp.object_branches import with_properties_in_branches, with_values_per_branch
 
 NAMES = st.sampled_from(["a", "b", "type", "if", "$ref", "enum", "x y"])
 REFS = st.sampled_from(["#", "#/definitions/a", "#/$defs/b", "#/definitions", "#a", "other.json", "http://[", "#/%ZZ"])
-LEAVES = st.none() | st.booleans() | st.integers(-2, 2) | st.sampled_from(["object", "string", "integer", "a", ""])
+STRINGS = st.sampled_from(["object", "string", "integer", "a", "", "^a$"])
+LEAVES = st.none() | st.booleans() | st.integers(-2, 2) | STRINGS
 
 
 def schemas() -> st.SearchStrategy[Any]:
     def grow(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
         keyword = st.sampled_from(
-            ["if", "then", "else", "not", "items", "additionalProperties", "const", "default", "$id", "$anchor"]
+            [
+                *("if", "then", "else", "not", "items", "additionalProperties", "const", "default", "$id"),
+                *("$anchor", "pattern", "minLength"),
+            ]
         )
         lists = st.sampled_from(["oneOf", "anyOf", "allOf", "enum", "required"])
         maps = st.sampled_from(["properties", "definitions", "$defs", "patternProperties"])
@@ -42,3 +47,12 @@ def test_any_schema_ends_in_a_matcher_or_a_request_error(compiler: ConstraintCom
             compiler.matcher(json_schema=schema, grammar=None, strict=strict)
         except InvalidRequest:
             pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(schema=schemas(), meta=st.sampled_from([None, "http://json-schema.org/draft-04/schema#", 3]))
+def test_the_object_branch_rewrites_take_any_schema(schema: Any, meta: Any) -> None:
+    """The rewrite llguidance's size limit calls for is reached by few schemas through the compile: both
+    passes on their own, on schema-like values whose keyword values may be of any type."""
+    if isinstance(schema, dict):
+        with_properties_in_branches(with_values_per_branch(schema, meta))
