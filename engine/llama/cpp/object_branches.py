@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 from engine.llama.cpp.schema_keywords import DEFINITIONS, NAMING, VALIDATION, draft_before, map_schemas
@@ -71,7 +72,7 @@ def with_properties_in_branches(schema: dict[str, Any]) -> dict[str, Any]:
     return _rewritten(schema, lambda node: _distributed(node, budget))
 
 
-def _rewritten(schema: dict[str, Any], rewrite: Any) -> dict[str, Any]:
+def _rewritten(schema: dict[str, Any], rewrite: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
     refs = schema_references({key: value for key, value in schema.items() if key not in ("$id", "id")})  # the base
     if refs is None or any(not _SHALLOW_REF.fullmatch(ref) for ref in refs):
         return schema
