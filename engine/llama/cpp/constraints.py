@@ -35,6 +35,7 @@ from engine.llama.cpp.conditionals import with_conditionals_as_choices
 from engine.llama.cpp.object_branches import with_properties_in_branches, with_values_per_branch
 from engine.llama.cpp.presence import with_presence_exact
 from engine.llama.cpp.ref_siblings import exactly_relaxed
+from engine.llama.cpp.restated_properties import without_restated_properties
 from engine.llama.cpp.schema_keywords import map_schemas, pointer_tokens
 from engine.llama.cpp.sized_cache import SizedCache
 from engine.llama.cpp.unused_definitions import without_unused_definitions
@@ -100,7 +101,8 @@ class ConstraintCompiler:
         engine/schema_check.py; `if`/`then`/`else` as choices, conditionals.py), and a schema it cannot
         compile at all is enforced more loosely: without its regexes and formats, then as its top-level
         type, then as any JSON value. Either way, definitions nothing refers to are dropped first
-        (unused_definitions.py) and an enumerated property is narrowed per branch (object_branches.py)."""
+        (unused_definitions.py), a branch's restatement of its object's own property by reference is dropped
+        (restated_properties.py) and an enumerated property is narrowed per branch (object_branches.py)."""
         if json_schema is None and grammar is None:
             return None
         if grammar is not None:
@@ -123,8 +125,8 @@ class ConstraintCompiler:
     def _schema_text(self, json_schema: dict[str, Any], strict: bool) -> str:
         """The text llguidance compiled for this schema (see matcher); InvalidRequest if none."""
         meta = json_schema.get("$schema")
-        pruned = with_values_per_branch(without_unused_definitions(_without_meta_schema(json_schema)), meta)
-        schema = with_presence_exact(pruned)
+        pruned = without_unused_definitions(without_restated_properties(_without_meta_schema(json_schema)))
+        schema = with_values_per_branch(with_presence_exact(pruned), meta)
         if strict:
             for _ in range(3):
                 text = json.dumps({"x-guidance": JSON_LAYOUT} | schema)

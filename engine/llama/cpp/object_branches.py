@@ -9,7 +9,7 @@ schema was refused. Two rewrites, each exact, and together they compile (in ~0.2
 - `with_values_per_branch`: within a branch the property must satisfy both schemas, which is the enum's
   values that satisfy the branch's: computed here, each branch's schema becomes that short enum and the
   object's own becomes `{}` (still listed, so `additionalProperties` still lets the name through). Done
-  where every branch that names the property does so with a schema decidable here for each value: types,
+  where every branch names the property, with a schema decidable here for each value: types,
   lengths, values, and a pattern that is one literal string (ECMA-262 anchors; no regex is run, so a
   hostile pattern cannot hang the compile).
 - `with_properties_in_branches`, for a schema still too large: the object's keywords copied into each
@@ -38,7 +38,6 @@ _CHOICES = ("anyOf", "oneOf")
 _DECIDABLE = frozenset({"type", "enum", "const", "minLength", "maxLength", "pattern"})
 MAX_CHECKS = 20_000  # values checked with jsonschema over the whole schema: beyond, the rest is left as is
 MAX_COPIED = 4 << 20  # characters of the objects' keywords copied into branches, over the whole schema
-_ADDITIONAL = frozenset({"additionalProperties", "unevaluatedProperties"})
 # keywords of an object that merging branches into it could change the meaning of
 _NOT_COPIED = frozenset({"$ref", "$dynamicRef", "$recursiveRef", "unevaluatedProperties", "unevaluatedItems"})
 # keywords one reads beside another in the same schema: two schemas merge only if each group is in one of them
@@ -129,19 +128,16 @@ def _narrowed(node: dict[str, Any], checker: _ValueChecker) -> dict[str, Any]:
         if not all(isinstance(b, dict) and "$ref" not in b and isinstance(b.get("properties"), dict) for b in branches):
             continue
         for name, own in properties.items():
+            # every branch names the property (where one does not, the object's schema of it must stay)
             values = _enumerated(own, checker.before_draft_6)
-            if values is None or not any(name in b["properties"] for b in branches):
+            if values is None or not all(name in b["properties"] for b in branches):
                 continue
-            # a branch without the property gets it named with all the values: exact, unless that branch
-            # says what becomes of properties it does not name
-            if any(name not in b["properties"] and _ADDITIONAL & b.keys() for b in branches):
-                continue
-            per_branch = [checker.values_satisfying(b["properties"].get(name, True), values) for b in branches]
+            per_branch = [checker.values_satisfying(b["properties"][name], values) for b in branches]
             if any(narrowed is None for narrowed in per_branch):
                 continue
             node = dict(node)
             node[choice] = branches = [
-                b | {"properties": b["properties"] | {name: _annotations(b["properties"].get(name)) | {"enum": v}}}
+                b | {"properties": b["properties"] | {name: _annotations(b["properties"][name]) | {"enum": v}}}
                 for b, v in zip(branches, per_branch, strict=True)
             ]
             node["properties"] = properties = properties | {name: _annotations(own)}

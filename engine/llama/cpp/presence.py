@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.llama.cpp.schema_keywords import ANNOTATIONS, DATA, NAMED_SCHEMAS
+from engine.llama.cpp.schema_keywords import DATA, NAMED_SCHEMAS, VALIDATION
 
 # keywords whose schemas constrain the instance itself (not a property or an item of it); an `if` only tests
 # it, and conditionals.py reads `if: {not: X}` as written
@@ -91,11 +91,12 @@ def _formula(schema: Any) -> Formula | None:
     """The schema as a formula over presence, or None if it says anything else."""
     if not isinstance(schema, dict):
         return None
-    keys = set(schema) - ANNOTATIONS - ({"type"} if schema.get("type") == "object" else set())  # said already
+    # what validation reads (annotations and vendors' keys aside); `type: object` is said already
+    keys = (VALIDATION & schema.keys()) - ({"type"} if schema.get("type") == "object" else set())
     required, properties = schema.get("required"), schema.get("properties", {})
     if keys <= {"required", "properties"} and "required" in keys:
         names = required if isinstance(required, list) and all(isinstance(n, str) for n in required) else None
-        if names and isinstance(properties, dict) and all(p is True or p == {} for p in properties.values()):
+        if names and isinstance(properties, dict) and all(_says_nothing(p) for p in properties.values()):
             return ("all", [("has", name) for name in names])
         return None
     if keys == {"properties"} and isinstance(properties, dict) and properties:
@@ -112,6 +113,11 @@ def _formula(schema: Any) -> Formula | None:
                 return None
             return (op, parts)
     return None
+
+
+def _says_nothing(schema: Any) -> bool:
+    """`true`, or a schema of annotations alone (`{}`, `{"description": …}`): any value satisfies it."""
+    return schema is True or (isinstance(schema, dict) and not VALIDATION & schema.keys())
 
 
 def _atoms(f: Formula) -> int:

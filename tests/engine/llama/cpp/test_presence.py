@@ -35,7 +35,11 @@ JOB = OBJECT | {
     ]
 }
 IN_ALL_OF = OBJECT | {"allOf": [{"oneOf": [{"required": ["a"]}, {"required": ["b"]}]}, {"required": ["c"]}]}
-SCHEMAS = [STEP, EXCLUSIVE, NOT_BOTH, ABSENT, JOB, IN_ALL_OF]
+# a branch's property schema of annotations alone, and a vendor's key, say nothing of validity
+ANNOTATED = OBJECT | {
+    "oneOf": [{"properties": {"a": {"description": "a"}}, "required": ["a"], "x-note": 1}, {"required": ["b"]}]
+}
+SCHEMAS = [STEP, EXCLUSIVE, NOT_BOTH, ABSENT, JOB, IN_ALL_OF, ANNOTATED]
 
 
 @settings(max_examples=200, deadline=None)
