@@ -32,9 +32,14 @@ Path = tuple[str, ...]
 def without_restated_properties(schema: dict[str, Any]) -> dict[str, Any]:
     """`schema` with each restated property schema dropped where that is exact; `schema` itself where none is."""
     refs = schema_references({key: value for key, value in schema.items() if key not in ("$id", "id")})  # the base
-    if refs is None or not any(ref.startswith("#/") for ref in refs):
-        return schema
-    targets = {tuple(pointer_tokens(unquote(ref[1:]))) for ref in refs if ref.startswith("#/")}
+    if refs is None or not any(ref.startswith("#/") and "/properties/" in ref for ref in refs):
+        return schema  # no reference to a property's schema: nothing restated (most schemas: no walk)
+    # every path a reference points at or through: "does one reach inside this schema" is one lookup
+    reached: set[Path] = set()
+    for ref in refs:
+        if ref.startswith("#/"):
+            target = tuple(pointer_tokens(unquote(ref[1:])))
+            reached.update(target[:n] for n in range(len(target) + 1))
     changed = False
 
     def walk(value: Any, path: Path) -> Any:
@@ -51,7 +56,7 @@ def without_restated_properties(schema: dict[str, Any]) -> dict[str, Any]:
                 node[key] = item if key in DATA else walk(item, (*path, key))
         if isinstance(node.get("properties"), dict) and "$ref" not in node:  # drafts up to 7 ignore its siblings
             for key in _SAME_INSTANCE & node.keys():
-                dropped = _dropped(node[key], (*path, key), path, node["properties"], targets)
+                dropped = _dropped(node[key], (*path, key), path, node["properties"], reached)
                 if dropped is not node[key]:
                     node[key] = dropped
                     changed = True
@@ -61,14 +66,14 @@ def without_restated_properties(schema: dict[str, Any]) -> dict[str, Any]:
     return rewritten if changed else schema
 
 
-def _dropped(value: Any, at: Path, owner: Path, properties: dict[str, Any], targets: set[Path]) -> Any:
+def _dropped(value: Any, at: Path, owner: Path, properties: dict[str, Any], reached: set[Path]) -> Any:
     """`value` (a schema applying to the object at `owner`, found at `at`) with its restatements of the
     object's `properties` dropped, down through the schemas that apply to the same object; `value` itself if
     it has none, or if a reference reaches it (or something inside it) from elsewhere."""
-    if any(target[: len(at)] == at for target in targets):
+    if at in reached:
         return value
     if isinstance(value, list):
-        items = [_dropped(item, (*at, str(i)), owner, properties, targets) for i, item in enumerate(value)]
+        items = [_dropped(item, (*at, str(i)), owner, properties, reached) for i, item in enumerate(value)]
         return items if any(new is not old for new, old in zip(items, value, strict=True)) else value
     if not isinstance(value, dict):
         return value
@@ -79,7 +84,7 @@ def _dropped(value: Any, at: Path, owner: Path, properties: dict[str, Any], targ
         if any(kept[name] is not own[name] for name in own):
             node["properties"] = kept
     for key in _SAME_INSTANCE & node.keys():
-        node[key] = _dropped(node[key], (*at, key), owner, properties, targets)
+        node[key] = _dropped(node[key], (*at, key), owner, properties, reached)
     return node if any(node[key] is not value[key] for key in value) else value
 
 
