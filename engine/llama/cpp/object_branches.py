@@ -56,7 +56,7 @@ _NOT_MERGED = _NOT_COPIED | NAMING | set(DEFINITIONS)
 # definitions (they stay where references find them)
 _COPIED = VALIDATION - NAMING - set(DEFINITIONS) - set(_CHOICES)
 _SHALLOW_REF = re.compile(r"#(/(?:{})/[^/]+)?".format("|".join(re.escape(key) for key in DEFINITIONS)))
-_REGEX_SYNTAX = frozenset(".^$*+?()[]{}|\\/")
+_REGEX_SYNTAX = frozenset(".^$*+?()[]{}|\\")  # a "/" in a pattern is a plain character
 
 
 def with_values_per_branch(schema: dict[str, Any], meta: Any = None) -> dict[str, Any]:

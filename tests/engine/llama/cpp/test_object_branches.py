@@ -165,6 +165,7 @@ def test_const_before_draft_06_is_no_keyword() -> None:
 def test_a_literal_pattern_is_decided_as_ecma_262_does() -> None:
     assert _literal("^a\\.b@2$") == "a.b@2"
     assert _literal("^$") == ""
+    assert _literal("^refs/heads$") == "refs/heads"
     for regex in ("^a\\d$", "^a.b$", "a", "^a", "^(a|b)$", "^a\\$"):
         assert _literal(regex) is None
     # ECMA-262's `$` is the string's end (Python's re also takes a final newline before it)
