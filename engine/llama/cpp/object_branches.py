@@ -90,7 +90,7 @@ def _rewritten(schema: dict[str, Any], rewrite: Callable[[dict[str, Any]], dict[
 
 
 class _ValueChecker:
-    """Whether a value satisfies a decidable schema, in the schema's draft; a budget of jsonschema checks."""
+    """Which values satisfy a decidable schema, in the schema's draft, within a budget of decisions."""
 
     def __init__(self, meta: Any) -> None:
         self._cls = validator_class({"$schema": meta} if isinstance(meta, str) else {})
