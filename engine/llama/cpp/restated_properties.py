@@ -34,6 +34,8 @@ def without_restated_properties(schema: dict[str, Any]) -> dict[str, Any]:
     refs = schema_references({key: value for key, value in schema.items() if key not in ("$id", "id")})  # the base
     if refs is None or not any(ref.startswith("#/") and "/properties/" in ref for ref in refs):
         return schema  # no reference to a property's schema: nothing restated (most schemas: no walk)
+    if any(not ref.startswith("#") for ref in refs):
+        return schema  # a URI could name this document and point inside a branch without a plain "#/…"
     # every path a reference points at or through: "does one reach inside this schema" is one lookup
     reached: set[Path] = set()
     for ref in refs:

@@ -62,7 +62,13 @@ def test_left_alone_where_the_object_s_properties_may_not_hold() -> None:
     other = {"$defs": {"o": owner | {"oneOf": [{"properties": {"a": {"$ref": "#/$defs/x/properties/a"}}}] * 2}}}
     # beside a $ref (ignored up to draft 7), the object's properties may not apply
     beside_ref = {"$defs": {"o": owner | {"$ref": "#/$defs/z"}, "z": {}}}
-    for schema in (reached, other, beside_ref):
+    # the same document named by its URI: the branch reached without a plain "#/…"
+    by_uri = {
+        "$id": "https://example.com/s",
+        "$defs": {"o": owner},
+        "not": {"$ref": "https://example.com/s#/$defs/o/oneOf/0"},
+    }
+    for schema in (reached, other, beside_ref, by_uri):
         assert without_restated_properties(schema) is schema
     assert Draft202012Validator(reached).is_valid({"p": {"a": 0}}) is False  # what dropping would change
 
