@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from engine.llama.cpp.schema_keywords import ANNOTATIONS, draft_before, map_schemas, pointer_tokens
+from engine.llama.cpp.schema_keywords import ANNOTATIONS, draft_before, pointer_tokens, rewrite_schemas
 
 MAX_CHOICES = 64  # values of a keyed property: more, and the conditionals are left as they are
 
@@ -30,16 +30,7 @@ def with_conditionals_as_choices(schema: dict[str, Any], meta: Any = None) -> di
     `$schema` it was sent with (the draft)."""
     if draft_before(meta, 7):
         return schema  # before draft-07, `if` is no keyword: validators ignore it, and so must this
-    changed = False
-
-    def at(node: dict[str, Any]) -> dict[str, Any]:
-        nonlocal changed
-        chosen = _choices(node, schema)
-        changed = changed or chosen is not node
-        return chosen
-
-    rewritten = map_schemas(schema, at)
-    return rewritten if changed else schema
+    return rewrite_schemas(schema, lambda node: _choices(node, schema))
 
 
 def _choices(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:

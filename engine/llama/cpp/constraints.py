@@ -153,17 +153,16 @@ class ConstraintCompiler:
                     self._compiled("json_schema", text, False)
                     return text
                 except InvalidRequest as exc:
-                    if _TOO_LARGE in str(exc) and (smaller := with_properties_in_branches(candidate)) is not candidate:
-                        candidate = smaller
+                    if not rewrite:  # the reason a refusal gives is the schema's as sent
+                        first = first or exc
+                    if (exact := _exactly_rewritten(candidate, str(exc), meta)) is not None:
+                        candidate = exact
                         continue
                     if not any(words in str(exc) for words in _CANNOT_ENFORCE):
                         if rewrite:
                             break
                         raise  # the schema itself is wrong (unsatisfiable, a dangling $ref): say so now
-                    if not rewrite:  # the reason a refusal gives is the schema's as sent
-                        first = first or exc
-                    relaxed = exactly_relaxed(candidate, str(exc), meta) or _relaxed_where_named(candidate, str(exc))
-                    if relaxed is None:
+                    if (relaxed := _relaxed_where_named(candidate, str(exc))) is None:
                         break
                     candidate = relaxed
         assert first is not None

@@ -29,8 +29,16 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from engine.llama.cpp.schema_keywords import DEFINITIONS, NAMING, VALIDATION, draft_before, map_schemas
-from engine.llama.cpp.unused_definitions import schema_references
+from engine.llama.cpp.schema_keywords import (
+    DEFINITIONS,
+    NAMING,
+    VALIDATION,
+    annotations_of,
+    draft_before,
+    rewrite_schemas,
+    says_nothing,
+)
+from engine.llama.cpp.unused_definitions import document_references
 from engine.schema_check import validator_class
 
 _CHOICES = ("anyOf", "oneOf")
@@ -74,19 +82,10 @@ def with_properties_in_branches(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _rewritten(schema: dict[str, Any], rewrite: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
-    refs = schema_references({key: value for key, value in schema.items() if key not in ("$id", "id")})  # the base
+    refs = document_references(schema)
     if refs is None or any(not _SHALLOW_REF.fullmatch(ref) for ref in refs):
         return schema
-    changed = False
-
-    def at(node: dict[str, Any]) -> dict[str, Any]:
-        nonlocal changed
-        done = rewrite(node)
-        changed = changed or done is not node
-        return done
-
-    rewritten = map_schemas(schema, at)
-    return rewritten if changed else schema
+    return rewrite_schemas(schema, rewrite)
 
 
 class _ValueChecker:
@@ -140,10 +139,10 @@ def _narrowed(node: dict[str, Any], checker: _ValueChecker) -> dict[str, Any]:
                 continue
             node = dict(node)
             node[choice] = branches = [
-                b | {"properties": b["properties"] | {name: _annotations(b["properties"][name]) | {"enum": v}}}
+                b | {"properties": b["properties"] | {name: annotations_of(b["properties"][name]) | {"enum": v}}}
                 for b, v in zip(branches, per_branch, strict=True)
             ]
-            node["properties"] = properties = properties | {name: _annotations(own)}
+            node["properties"] = properties = properties | {name: annotations_of(own)}
     return node
 
 
@@ -198,7 +197,7 @@ def _conjunction(first: Any, second: Any) -> Any:
     """A schema of the values both schemas allow: one of them when the other says nothing, the two merged
     when their keywords cannot interact (llguidance would intersect an `allOf`, in more nodes)."""
     for one, other in ((first, second), (second, first)):
-        if one is True or (isinstance(one, dict) and not VALIDATION & one.keys()):
+        if says_nothing(one):
             return other
     if isinstance(first, dict) and isinstance(second, dict):
         mine, theirs = VALIDATION & first.keys(), VALIDATION & second.keys()
@@ -229,11 +228,6 @@ def _enumerated(schema: Any, before_draft_6: bool) -> list[Any] | None:
     if "const" in schema:
         return [schema["const"]]
     return schema["enum"] if isinstance(schema["enum"], list) else None
-
-
-def _annotations(schema: Any) -> dict[str, Any]:
-    """What of a schema validation ignores (its description, a vendor's keys): kept where it is rewritten."""
-    return {key: value for key, value in schema.items() if key not in VALIDATION} if isinstance(schema, dict) else {}
 
 
 def _literal(pattern: Any) -> str | None:

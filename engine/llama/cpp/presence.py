@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.llama.cpp.schema_keywords import DATA, NAMED_SCHEMAS, VALIDATION
+from engine.llama.cpp.schema_keywords import DATA, NAMED_SCHEMAS, SAME_INSTANCE, VALIDATION, says_nothing
 
-# keywords whose schemas constrain the instance itself (not a property or an item of it); an `if` only tests
-# it, and conditionals.py reads `if: {not: X}` as written
-_SAME_INSTANCE = frozenset({"allOf", "anyOf", "oneOf", "not", "then", "else"})
+# the keywords whose schemas constrain the object itself; an `if` only tests it, and conditionals.py reads
+# `if: {not: X}` as written
+_CONSTRAINING = SAME_INSTANCE - {"if"}
 MAX_BRANCHES = 8  # a oneOf's exact form grows with the square of its branches
 MAX_ATOMS = 256  # presence tests in the exact form: nested oneOfs multiply (a hostile schema must not explode)
 
@@ -45,7 +45,7 @@ def with_presence_exact(schema: dict[str, Any]) -> dict[str, Any]:
             if key in NAMED_SCHEMAS and isinstance(item, dict):
                 node[key] = {name: walk(sub, False) for name, sub in item.items()}
             else:
-                node[key] = item if key in DATA else walk(item, objects and key in _SAME_INSTANCE)
+                node[key] = item if key in DATA else walk(item, objects and key in _CONSTRAINING)
         if objects and _make_exact(node):
             changed = True
         return node
@@ -96,7 +96,7 @@ def _formula(schema: Any) -> Formula | None:
     required, properties = schema.get("required"), schema.get("properties", {})
     if keys <= {"required", "properties"} and "required" in keys:
         names = required if isinstance(required, list) and all(isinstance(n, str) for n in required) else None
-        if names and isinstance(properties, dict) and all(_says_nothing(p) for p in properties.values()):
+        if names and isinstance(properties, dict) and all(says_nothing(p) for p in properties.values()):
             return ("all", [("has", name) for name in names])
         return None
     if keys == {"properties"} and isinstance(properties, dict) and properties:
@@ -113,11 +113,6 @@ def _formula(schema: Any) -> Formula | None:
                 return None
             return (op, parts)
     return None
-
-
-def _says_nothing(schema: Any) -> bool:
-    """`true`, or a schema of annotations alone (`{}`, `{"description": …}`): any value satisfies it."""
-    return schema is True or (isinstance(schema, dict) and not VALIDATION & schema.keys())
 
 
 def _atoms(f: Formula) -> int:

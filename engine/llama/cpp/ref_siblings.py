@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.llama.cpp.schema_keywords import VALIDATION, draft_before, map_schemas
+from engine.llama.cpp.schema_keywords import VALIDATION, draft_before, rewrite_schemas
 
 _CIRCULAR = "circular references with sibling keys"
 
@@ -28,14 +28,11 @@ def exactly_relaxed(schema: dict[str, Any], problem: str, meta: Any) -> dict[str
 
 def _drop(schema: dict[str, Any], keep: frozenset[str]) -> dict[str, Any] | None:
     """The schema with only `keep` beside each `$ref`; None if that drops nothing."""
-    dropped = False
 
     def at(node: dict[str, Any]) -> dict[str, Any]:
-        nonlocal dropped
         if isinstance(node.get("$ref"), str) and not keep.issuperset(node):
-            dropped = True
             return {key: item for key, item in node.items() if key in keep}
         return node
 
-    rewritten = map_schemas(schema, at)
-    return rewritten if dropped else None
+    rewritten = rewrite_schemas(schema, at)
+    return rewritten if rewritten is not schema else None

@@ -20,18 +20,22 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote
 
-from engine.llama.cpp.schema_keywords import DATA, NAMED_SCHEMAS, VALIDATION, pointer_tokens
-from engine.llama.cpp.unused_definitions import schema_references
-
-# keywords whose schemas apply to the same instance as the schema they are in
-_SAME_INSTANCE = frozenset({"allOf", "anyOf", "oneOf", "not", "if", "then", "else"})
+from engine.llama.cpp.schema_keywords import (
+    DATA,
+    NAMED_SCHEMAS,
+    SAME_INSTANCE,
+    VALIDATION,
+    annotations_of,
+    pointer_tokens,
+)
+from engine.llama.cpp.unused_definitions import document_references
 
 Path = tuple[str, ...]
 
 
 def without_restated_properties(schema: dict[str, Any]) -> dict[str, Any]:
     """`schema` with each restated property schema dropped where that is exact; `schema` itself where none is."""
-    refs = schema_references({key: value for key, value in schema.items() if key not in ("$id", "id")})  # the base
+    refs = document_references(schema)
     if refs is None or not any(ref.startswith("#/") and "/properties/" in ref for ref in refs):
         return schema  # no reference to a property's schema: nothing restated (most schemas: no walk)
     if any(not ref.startswith("#") for ref in refs):
@@ -57,7 +61,7 @@ def without_restated_properties(schema: dict[str, Any]) -> dict[str, Any]:
             else:
                 node[key] = item if key in DATA else walk(item, (*path, key))
         if isinstance(node.get("properties"), dict) and "$ref" not in node:  # drafts up to 7 ignore its siblings
-            for key in _SAME_INSTANCE & node.keys():
+            for key in SAME_INSTANCE & node.keys():
                 dropped = _dropped(node[key], (*path, key), path, node["properties"], reached)
                 if dropped is not node[key]:
                     node[key] = dropped
@@ -85,7 +89,7 @@ def _dropped(value: Any, at: Path, owner: Path, properties: dict[str, Any], reac
         kept = {name: _restating(sub, name, owner, properties) for name, sub in own.items()}
         if any(kept[name] is not own[name] for name in own):
             node["properties"] = kept
-    for key in _SAME_INSTANCE & node.keys():
+    for key in SAME_INSTANCE & node.keys():
         node[key] = _dropped(node[key], (*at, key), owner, properties, reached)
     return node if any(node[key] is not value[key] for key in value) else value
 
@@ -99,4 +103,4 @@ def _restating(sub: Any, name: str, owner: Path, properties: dict[str, Any]) -> 
         return sub
     if tuple(pointer_tokens(unquote(ref[1:]))) != (*owner, "properties", name):
         return sub
-    return {key: value for key, value in sub.items() if key != "$ref"}
+    return annotations_of(sub)

@@ -12,6 +12,8 @@ NAMED_SCHEMAS = frozenset({"properties", "patternProperties", "dependentSchemas"
 DATA = frozenset({"enum", "const", "examples", "default"})
 # keywords that only annotate: a schema of these alone says nothing about validity
 ANNOTATIONS = frozenset({"$comment", "title", "description", "markdownDescription"})
+# keywords whose schemas apply to the same instance as the schema they are in (not to a property or an item)
+SAME_INSTANCE = frozenset({"allOf", "anyOf", "oneOf", "not", "if", "then", "else"})
 # keywords that give a sub-schema a name of its own: a reference could reach it without a JSON pointer
 NAMING = frozenset({"$id", "id", "$anchor", "$dynamicAnchor", "$dynamicRef", "$recursiveAnchor", "$recursiveRef"})
 # keywords that decide validity in some draft (2020-12's and the older ones', naming and definitions included);
@@ -28,6 +30,17 @@ VALIDATION = frozenset(
         "extends", "divisibleBy",
     }
 )  # fmt: skip
+
+
+def says_nothing(schema: Any) -> bool:
+    """`true`, or a schema of annotations alone (`{}`, `{"description": …}`, a vendor's keys): every value
+    satisfies it."""
+    return schema is True or (isinstance(schema, dict) and not VALIDATION & schema.keys())
+
+
+def annotations_of(schema: Any) -> dict[str, Any]:
+    """What of a schema validation ignores (its description, a vendor's keys): kept where it is rewritten."""
+    return {key: value for key, value in schema.items() if key not in VALIDATION} if isinstance(schema, dict) else {}
 
 
 def draft_before(meta: Any, draft: int) -> bool:
@@ -55,3 +68,18 @@ def map_schemas(value: Any, at_node: Callable[[dict[str, Any]], Any]) -> Any:
         else:
             node[key] = item if key in DATA else map_schemas(item, at_node)
     return at_node(node)
+
+
+def rewrite_schemas(schema: dict[str, Any], rewrite: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """map_schemas with a rewrite that returns a node itself where it changes nothing: `schema` itself (the
+    same object) where no node changed, so a pass's caller can tell."""
+    changed = False
+
+    def at(node: dict[str, Any]) -> dict[str, Any]:
+        nonlocal changed
+        done = rewrite(node)
+        changed = changed or done is not node
+        return done
+
+    rewritten = map_schemas(schema, at)
+    return rewritten if changed else schema

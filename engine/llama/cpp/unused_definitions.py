@@ -56,6 +56,12 @@ def without_unused_definitions(schema: dict[str, Any]) -> dict[str, Any]:
     return pruned
 
 
+def document_references(schema: dict[str, Any]) -> list[str] | None:
+    """Every `$ref` in a whole schema, its root's `$id` aside (the base they resolve against); None if a
+    sub-schema names itself (a reference may then reach it some other way)."""
+    return schema_references({key: value for key, value in schema.items() if key not in ("$id", "id")})
+
+
 def schema_references(value: Any) -> list[str] | None:
     """Every `$ref` in `value`'s schemas; None if a sub-schema names itself (a reference may then reach it
     some other way)."""
