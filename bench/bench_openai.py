@@ -308,6 +308,10 @@ def llama_server(binary: Path, port: int, threads: int, loras: list[Path]) -> An
     args = [str(binary), "-m", str(default_model_path()), "--host", "127.0.0.1", "--port", str(port)]
     args += ["-np", str(SLOTS), "-c", str(SLOTS * CONTEXT), "-t", str(threads), "-tb", str(threads)]
     args += ["--no-webui", "--no-cache-prompt", "-b", "256"]
+    # --no-repack: no CPU "extra" buffer types, as in loramux (runner.py). Neutral for this model elsewhere
+    # (x86 and ARM repack no Q4_1); on a CPU with AMX a default (-march=native) build compiles AMX kernels
+    # in, and llama-server crashed in its first decode without it (SIGSEGV in ggml_backend_amx_mul_mat).
+    args.append("--no-repack")
     for lora in loras:
         args += ["--lora", str(lora)]
     if loras:
@@ -391,8 +395,10 @@ def report(results: dict, prefill: Prefill | None, args: argparse.Namespace) -> 
         f"Same model (SmolLM2-135M-Instruct Q4_1), {SLOTS} slots of {CONTEXT} tokens each, {args.threads} threads, "
         "the llama.cpp release of llama-cpp-python 0.3.36. llama-server builds: "
         + "; ".join(f"**{label}** = {builds[label]}" for label in servers)
-        + ". loramux: its wheel (patched, GGML_LLAMAFILE=OFF, flash attention through the patch's batch-invariant "
-        "kernel paths). Streaming "
+        + "; each run with `--no-repack` (no AMX or repacked weights; loramux runs without them too). loramux: "
+        "its wheel (patched, GGML_LLAMAFILE=OFF, flash attention through the patch's batch-invariant kernel paths"
+        + (", several greedy steps per call into llama.cpp" if "--greedy-steps-ms 0" not in args.server_args else "")
+        + "). Streaming "
         f"`/v1/completions`, {sampling_words(args.sampling)}, `ignore_eos` (end-of-generation tokens never "
         "sampled, in both), no prompt "
         "cache; tokens are each server's own `usage` count. Interleaved rounds, as many per case as make it "

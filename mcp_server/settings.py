@@ -135,6 +135,13 @@ class Settings(BaseSettings):
         "or a llama.cpp without the patch): larger amortises adapter-set changes, smaller shares time more finely",
         metavar="N", engine="group_steps",
     )  # fmt: skip
+    greedy_steps_ms: float = option(
+        "while every running request decodes greedily (temperature 0, no schema, penalties or logprobs), "
+        "llama.cpp runs decode steps back to back for up to this many ms without returning to Python (loramux's "
+        "llama.cpp patch): the same tokens, ~2-3% more throughput on a small CPU model; streamed text comes in "
+        "bursts of up to this long. A new request or a cancel still waits one step at most. 0: one step per call",
+        metavar="MS", engine="greedy_steps_ms",
+    )  # fmt: skip
     gpu_layers: int | None = option(
         "model layers to offload to the GPU. Unset: all of them when llama.cpp was built with a GPU backend "
         "(CUDA, Metal, Vulkan; see GPU offload) and sees a GPU, else 0. What the model runs on is logged at start "

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Create .venv and install loramux with its test tools. Idempotent: re-installs only when
 # pyproject.toml, this script or the llama.cpp patches changed. The first run compiles llama-cpp-python
-# with loramux's llama.cpp patch (scripts/llama_cpp_patches: adapter sets per sequence, exact flash
-# attention on the CPU), ~12 min on 2 cores; the wheel is kept in ~/.cache/loramux, so later set-ups
-# and fresh clones reuse it.
+# with loramux's llama.cpp patches (scripts/llama_cpp_patches: adapter sets per sequence, exact flash
+# attention on the CPU, greedy steps in one call), ~12 min on 2 cores; the wheel is kept in
+# ~/.cache/loramux, so later set-ups and fresh clones reuse it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

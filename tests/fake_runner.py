@@ -97,6 +97,7 @@ class FakeRunner:
         self._sampling: dict[int, SamplingParams] = {}
         self._logprobs: dict[int, int | None] = {}
         self.closed = False
+        self.interrupts = 0
 
     def adapter_base(self) -> AdapterBase:
         if self._like_default_model:
@@ -118,6 +119,9 @@ class FakeRunner:
         self._logprobs.pop(request_id, None)
         if seq_id is not None:
             self.kv.pop(seq_id, None)
+
+    def interrupt(self) -> None:
+        self.interrupts += 1
 
     def execute(self, plan: StepPlan) -> StepOutput:
         if self.raise_in_execute and plan.chunks:  # before anything, moves included

@@ -226,10 +226,10 @@ class EngineCore:
         if not plan.chunks:
             return
         counts = self._counts
-        counts["steps"] += 1
+        counts["steps"] += output.steps
         self._llama_counts["adapter_set_switches"] += output.adapter_switched
-        counts["tokens_generated"] += len(output.sampled)
-        self._histogram[len(plan.chunks)] += 1
+        counts["tokens_generated"] = self.scheduler.tokens_generated
+        self._histogram[len(plan.chunks)] += output.steps
         for event in events:
             if isinstance(event, RequestOutput):
                 self._events.append(event)

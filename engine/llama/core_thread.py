@@ -48,6 +48,8 @@ class CoreThread:
 
     def submit(self, command: Command) -> None:
         self._commands.put(command)
+        if self.ready.done() and self.ready.exception() is None:
+            self.ready.result().interrupt()  # after the put: a loop of steps must not miss it
 
     def join(self) -> None:
         self._thread.join()

@@ -36,10 +36,16 @@ class ModelRunner(Protocol):
         """Free the request's sampler (if `request_id`) and the slot's context cells (if `seq_id`)."""
         ...
 
+    def interrupt(self) -> None:
+        """Called from any thread when a command is queued: an execute() taking several steps
+        (StepPlan.max_steps) returns after its current one, so the command waits one step at most."""
+        ...
+
     def execute(self, plan: StepPlan) -> StepOutput:
         """Apply the plan's moves, set each chunk's adapters (its sequence's (handle, scale) pairs),
         decode, and sample every chunk that samples; score the sampled tokens of sequences that asked,
-        and the prompt tokens of prompt chunks whose sequences asked (`prompt_logprobs`)."""
+        and the prompt tokens of prompt chunks whose sequences asked (`prompt_logprobs`). It may take up
+        to `plan.max_steps` steps (StepOutput.steps), each chunk's sampled token fed to the next."""
         ...
 
     def rebuild_context(self) -> None:

@@ -23,11 +23,13 @@ from engine.info import Capabilities, ModelInfo
 from engine.llama.adapters.base_model import AdapterBase
 from engine.llama.adapters.files import AdapterFileBytes
 from engine.llama.adapters.validation import AdapterFileError
+from engine.llama.cpp import greedy_steps
 from engine.llama.cpp import patch as llama_patch
 from engine.llama.cpp.constraints import TokenMask
 from engine.llama.cpp.context_adapters import ContextAdapters, OneSetPerStep, PerSequence
 from engine.llama.cpp.cpu_share import ThreadGovernor
 from engine.llama.cpp.devices import can_offload, gpu_names
+from engine.llama.cpp.greedy_steps import GreedySteps
 from engine.llama.cpp.log import quiet_llama_logs
 from engine.llama.cpp.logprobs import RowScores, logits_row
 from engine.llama.cpp.sampler import LlamaSampler, NonFiniteLogits
@@ -53,6 +55,14 @@ class LlamaRunner:
         model_params = llama_cpp.llama_model_default_params()
         offload = can_offload()  # enumerates ggml's devices: once
         model_params.n_gpu_layers = _gpu_layers(config.gpu_layers, offload)
+        # ggml's CPU "extra" buffer types re-lay weights for other kernels: AMX tiles where the build CPU
+        # has AMX (-march=native then compiles them in; used for Q4_1 and Q8_0, they crashed in the first
+        # decode on a Sapphire Rapids VM) and repacked Q4_0 / K-quant blocks, whose kernels take a step's
+        # rows four at a time (gemm) and the rest one by one (gemv): a row's arithmetic would depend on
+        # how many rows share the step. Off on the CPU: every matmul takes ggml's plain vec_dot path,
+        # batch-invariant, on any CPU the wheel is built on.
+        if model_params.n_gpu_layers == 0:
+            model_params.use_extra_bufts = False
         # The file's hash (for receipts) is read while llama.cpp loads it: the two share the page cache.
         with ThreadPoolExecutor(1, thread_name_prefix="loramux-hash") as pool:
             digest = pool.submit(_sha256, config.model_path)
@@ -105,6 +115,9 @@ class LlamaRunner:
         self._governor = ThreadGovernor(config.threads) if config.adaptive_threads else None
         self._threads = config.threads
         self._samplers: dict[int, LlamaSampler] = {}  # request id → sampler chain
+        budget = config.greedy_steps_ms / 1000
+        steps = budget > 0 and greedy_steps.available()
+        self._steps = GreedySteps(capacity, self.vocab.eog_tokens, budget) if steps else None
         self.info = ModelInfo(
             name=config.model_path.name,
             sha256=model_sha256,
@@ -152,6 +165,10 @@ class LlamaRunner:
         banned = self.vocab.eog_tokens if sampling.ignore_eos else ()
         self._samplers[request_id] = LlamaSampler(self.ctx, self.vocab.n_tokens, sampling, mask, banned, logprobs)
 
+    def interrupt(self) -> None:
+        if self._steps is not None:
+            self._steps.interrupt()
+
     def remove_sequence(self, request_id: int | None, seq_id: int | None) -> None:
         sampler = self._samplers.pop(request_id, None)
         if sampler is not None:
@@ -178,7 +195,13 @@ class LlamaRunner:
             self._follow_cpu_share()
             output.adapter_switched = self._adapters.apply(plan.adapter_handles)
             to_sample, prompt_rows = self._batch.fill(plan)
-            rc = llama_cpp.llama_decode(self.ctx, self._batch.batch)
+            bans = self._greedy_bans(plan, to_sample, prompt_rows)
+            steps: list[list[int]] = []
+            if bans is None:
+                rc = llama_cpp.llama_decode(self.ctx, self._batch.batch)
+            else:
+                assert self._steps is not None
+                rc, output.steps, steps = self._steps.run(self.ctx, self._batch.batch, bans, plan.max_steps)
             if rc != 0:
                 raise EngineFailure(f"llama_decode returned {rc}")
         except Exception as exc:
@@ -187,8 +210,32 @@ class LlamaRunner:
                 (c.seq, EngineFailure("the model failed on this step; retry the request")) for c in plan.chunks
             ]
             return output
+        if bans is not None:  # several steps in llama.cpp: the last one's rows are sampled below unless it did
+            output.sampled = [(seq, tokens[i]) for tokens in steps for i, (seq, _) in enumerate(to_sample)]
+            if len(steps) == output.steps:
+                return output
         for seq, first_row, start_pos, count in prompt_rows:  # before sampling, which changes its row in place
             output.prompt_scores.append((seq, self._prompt_scores(seq, first_row, start_pos, count)))
+        self._sample(to_sample, output, len(steps))
+        return output
+
+    def _greedy_bans(
+        self, plan: StepPlan, to_sample: list[tuple[Sequence, int]], prompt_rows: list[tuple[Sequence, int, int, int]]
+    ) -> list[bool] | None:
+        """Each batch row's end-of-generation ban where llama.cpp may run this plan's steps itself
+        (greedy_steps.py: every row a decoding sequence taking the plain argmax); else None."""
+        if self._steps is None or plan.max_steps < 2 or prompt_rows or len(to_sample) != plan.num_tokens:
+            return None
+        bans = []
+        for seq, _ in to_sample:  # one row per chunk: row i is the i-th
+            sampler = self._samplers[seq.request_id]
+            if not sampler.plain_argmax:
+                return None
+            bans.append(sampler.bans)
+        return bans
+
+    def _sample(self, to_sample: list[tuple[Sequence, int]], output: StepOutput, taken: int) -> None:
+        """Sample each row with its request's sampler; `taken`: tokens of this output already sampled per row."""
         for seq, row in to_sample:
             try:
                 sampler = self._samplers[seq.request_id]
@@ -198,7 +245,7 @@ class LlamaRunner:
             except NonFiniteLogits:
                 named = tuple((use.name, use.scale) for use in seq.adapters_used)
                 logger.warning("request %d: non-finite logits (adapters %s)", seq.request_id, named)
-                output.failed.append((seq, _non_finite(named, len(seq.completion_tokens))))
+                output.failed.append((seq, _non_finite(named, len(seq.completion_tokens) + taken)))
             except EngineError as exc:  # the request's own (its constraint could not go on)
                 logger.info("request %d failed while sampling: %s", seq.request_id, exc)
                 output.failed.append((seq, exc))
@@ -207,7 +254,6 @@ class LlamaRunner:
                 output.failed.append(
                     (seq, EngineFailure("sampling failed for this request (the server log has details); retry it"))
                 )
-        return output
 
     def _prompt_scores(self, seq: Sequence, first_row: int, start_pos: int, count: int) -> list[TokenScores]:
         """The prompt tokens this chunk's rows predict (each row the next token; the prompt's last row

@@ -62,6 +62,16 @@ class LlamaSampler:
     def argmax(self) -> bool:
         return self._chain is None
 
+    @property
+    def plain_argmax(self) -> bool:
+        """Its token is the row's argmax after the bans alone (no mask, penalties, scores or draw), which
+        is what llama.cpp's greedy steps (greedy_steps.py) take themselves."""
+        return self._chain is None and self._mask is None and self._recent is None and self._logprobs is None
+
+    @property
+    def bans(self) -> bool:
+        return self._banned is not None
+
     def sample(self, row: int) -> int:
         """Sample from the logits of batch row `row` of the last decode, and accept the token."""
         address = _logits_address(self._ctx, row)

@@ -26,6 +26,9 @@ from engine.llama.vocab import Vocab
 from engine.request import AdapterKey
 from engine.result import TextDelta
 
+# Decode steps one plan may cover (StepPlan.max_steps): the runner stops sooner on its own time budget.
+MAX_STEPS = 64
+
 
 class Scheduler:
     def __init__(
@@ -43,6 +46,7 @@ class Scheduler:
         self._model = model  # what results' receipts name
         self.prompt_tokens_read = 0  # prompt tokens added to the context, over all steps
         self.preemptions = 0  # batch members that gave their slot back to requests from outside the batch
+        self.tokens_generated = 0  # sampled tokens accepted, over all steps (not those after a request ended)
         self.prefix_cache = PrefixCache(prefix_cache_cells)
         self.max_sequences = max_sequences
         self.batch_tokens = batch_tokens
@@ -98,7 +102,15 @@ class Scheduler:
                 chunks.append(Chunk(seq, tokens[start : start + n], start, samples))
                 budget -= n
         chunks.sort(key=lambda c: c.seq.seq_id)
-        return StepPlan(chunks, moves, reuses)
+        return StepPlan(chunks, moves, reuses, self._max_steps(members))
+
+    def _max_steps(self, members: list[Sequence]) -> int:
+        """Steps the runner may take without the scheduler: while every running sequence is decoding
+        and nobody waits, the next plans would be this one again, each token fed back; no member may
+        pass its max_tokens (or its context: max_new_tokens is clamped to it)."""
+        if self.waiting or len(members) != len(self.running) or any(s.is_prefilling for s in members):
+            return 1
+        return min(MAX_STEPS, *(s.max_new_tokens - len(s.completion_tokens) for s in members))
 
     def update_from_output(self, plan: StepPlan, output: StepOutput, now: float) -> list[Event]:
         """Apply the step's output; return the events the core publishes, in order (a request's text
@@ -113,7 +125,10 @@ class Scheduler:
         for seq, scores in output.prompt_scores:
             seq.add_prompt_scores(scores, self._vocab)
         for seq, token in output.sampled:
+            if seq.is_finished:  # a later step's token (StepPlan.max_steps) after it ended: never emitted
+                continue
             text = seq.accept(token, self._vocab, now)
+            self.tokens_generated += 1
             logprob = seq.add_scores(output.sampled_scores.get(seq.request_id), self._vocab)
             # the prompt's scores (complete: its last chunk and the first sample share a step) go with the first delta
             prompt = tuple(seq.prompt_token_logprobs) if len(seq.completion_tokens) == 1 else ()
@@ -125,6 +140,8 @@ class Scheduler:
                 self.remove(seq)
                 events.append(RequestFinished(seq.request_id, seq.result(self._model)))
         for seq, error in output.failed:
+            if seq.is_finished:  # it ended at an earlier step of this output
+                continue
             self.remove(seq)
             events.append(RequestFailed(seq.request_id, error))
         return events

@@ -33,6 +33,11 @@ class StepPlan:
     moves: list[tuple[int, int]] = field(default_factory=list)
     # what admission does to newly taken slots (clear, or reuse a cached prefix); before the moves
     reuses: list[Reuse] = field(default_factory=list)
+    # decode steps the runner may take in one go, each feeding every chunk's sampled token to the next
+    # (one token per chunk and step; StepOutput.sampled then holds them step by step). Above 1 only when
+    # every running sequence decodes in this plan and nothing waits; at most the fewest tokens any of
+    # them may still generate.
+    max_steps: int = 1
 
     @property
     def num_tokens(self) -> int:
@@ -50,9 +55,10 @@ class StepPlan:
 
 @dataclass(slots=True)
 class StepOutput:
-    sampled: list[tuple[Sequence, int]] = field(default_factory=list)  # (sequence, sampled token)
+    sampled: list[tuple[Sequence, int]] = field(default_factory=list)  # (sequence, sampled token), in order
     # for requests that asked: request id → the sampled token's scores; the prompt tokens' scores read this step
     sampled_scores: dict[int, TokenScores] = field(default_factory=dict)
     prompt_scores: list[tuple[Sequence, list[TokenScores]]] = field(default_factory=list)
     failed: list[tuple[Sequence, EngineError]] = field(default_factory=list)  # each with its own error
     adapter_switched: bool = False  # the step changed the adapter set (a cost worth counting)
+    steps: int = 1  # decode steps taken (up to the plan's max_steps)

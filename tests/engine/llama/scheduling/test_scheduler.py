@@ -500,3 +500,63 @@ def test_one_caller_takes_one_slot_from_a_batch_not_half() -> None:
     assert caller.status.value == "running"
     assert sum(seq.batch_id == "b" for seq in s.running.values()) == 7  # the highest member alone gave way
     assert [seq.request_id for seq in s.waiting] == [7] and s.preemptions == 1
+
+
+# -- several steps per plan (StepPlan.max_steps: llama.cpp's greedy loop) ------------------------------
+
+
+def test_max_steps_is_above_one_only_while_every_running_sequence_decodes_and_nobody_waits() -> None:
+    s = scheduler(max_sequences=2, batch_tokens=64, mixed=True)
+    a, b = make_seq(1, max_new_tokens=10), make_seq(2, max_new_tokens=6)
+    s.add(a)
+    plan = s.schedule(0.0)
+    assert plan is not None and plan.max_steps == 1  # reading its prompt
+    s.update_from_output(plan, sample_all(plan), 0.0)
+    plan = s.schedule(0.0)
+    assert plan is not None and plan.max_steps == 9  # its max_tokens left: 10 - 1
+    s.update_from_output(plan, sample_all(plan), 0.0)
+    s.add(b)
+    plan = s.schedule(0.0)
+    assert plan is not None and plan.max_steps == 1  # b's prompt shares the step
+    s.update_from_output(plan, sample_all(plan), 0.0)
+    plan = s.schedule(0.0)
+    assert plan is not None and plan.max_steps == 5  # the fewest left: b's 6 - 1
+    s.update_from_output(plan, sample_all(plan), 0.0)
+    s.add(make_seq(3))  # no free slot: it waits, so each step goes back to the scheduler
+    plan = s.schedule(0.0)
+    assert plan is not None and plan.max_steps == 1
+
+
+def test_tokens_of_later_steps_are_taken_in_order_and_dropped_after_a_finish() -> None:
+    """One output holding three steps' tokens: the sequence that meets EOS at the second step finishes
+    there (its third token is dropped, uncounted); the other takes all three."""
+    s = scheduler(max_sequences=2, batch_tokens=64, mixed=True)
+    a, b = make_seq(1), make_seq(2)
+    s.add(a)
+    s.add(b)
+    plan = s.schedule(0.0)
+    assert plan is not None
+    s.update_from_output(plan, sample_all(plan), 0.0)
+    plan = s.schedule(0.0)
+    assert plan is not None and plan.max_steps > 3
+    steps = [(ord("a"), ord("b")), (EOS, ord("c")), (ord("z"), ord("d"))]
+    output = StepOutput(sampled=[(seq, t) for tokens in steps for seq, t in zip((a, b), tokens, strict=True)], steps=3)
+    events = s.update_from_output(plan, output, 0.0)
+    assert texts(events) == [(1, "a"), (2, "b"), (2, "c"), (2, "d")]
+    assert finished(events) == [1] and a.completion_tokens == [ord("x"), ord("a"), EOS]
+    assert b.completion_tokens == [ord("x"), ord("b"), ord("c"), ord("d")]
+    assert s.tokens_generated == 2 + 2 + 3 and list(s.running.values()) == [b]
+
+
+def test_a_failure_at_a_later_step_after_a_finish_is_not_reported_twice() -> None:
+    s = scheduler(max_sequences=1, batch_tokens=64, mixed=True)
+    a = make_seq(1)
+    s.add(a)
+    plan = s.schedule(0.0)
+    assert plan is not None
+    s.update_from_output(plan, sample_all(plan), 0.0)
+    plan = s.schedule(0.0)
+    assert plan is not None
+    output = StepOutput(sampled=[(a, EOS)], failed=[(a, EngineFailure("non-finite"))], steps=2)
+    events = s.update_from_output(plan, output, 0.0)
+    assert finished(events) == [1] and failed(events) == [] and not s.running
