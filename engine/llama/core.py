@@ -69,7 +69,6 @@ class EngineCore:
         self._counts = dict.fromkeys(
             (
                 "steps",
-                "tokens_generated",
                 "requests_finished",
                 "requests_cancelled",
                 "requests_failed",
@@ -228,7 +227,6 @@ class EngineCore:
         counts = self._counts
         counts["steps"] += output.steps
         self._llama_counts["adapter_set_switches"] += output.adapter_switched
-        counts["tokens_generated"] = self.scheduler.tokens_generated
         self._histogram[len(plan.chunks)] += output.steps
         for event in events:
             if isinstance(event, RequestOutput):
@@ -282,6 +280,7 @@ class EngineCore:
             prefix_misses=self.scheduler.prefix_cache.misses,
             prefix_tokens_saved=self.scheduler.prefix_cache.tokens_saved,
             prompt_tokens=self.scheduler.prompt_tokens_read,
+            tokens_generated=self.scheduler.tokens_generated,
             adapters_loaded=len(self.adapters.names()),
             sequences_per_step={n: c for n, c in enumerate(self._histogram) if c},
             running_adapters=_adapters_of(self.scheduler.running.values()),

@@ -22,7 +22,7 @@ from collections.abc import Collection, Sequence
 import llama_cpp
 
 from engine.llama.cpp import patch as llama_patch
-from engine.llama.scheduling.scheduler import MAX_STEPS
+from engine.llama.scheduling.step import MAX_STEPS
 
 
 def available() -> bool:

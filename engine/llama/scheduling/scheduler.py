@@ -21,13 +21,10 @@ from engine.info import ModelInfo
 from engine.llama.commands import Event, RequestFailed, RequestFinished, RequestOutput
 from engine.llama.scheduling.prefix_cache import PrefixCache, Reuse
 from engine.llama.scheduling.sequence import SeqStatus, Sequence
-from engine.llama.scheduling.step import Chunk, StepOutput, StepPlan
+from engine.llama.scheduling.step import MAX_STEPS, Chunk, StepOutput, StepPlan
 from engine.llama.vocab import Vocab
 from engine.request import AdapterKey
 from engine.result import TextDelta
-
-# Decode steps one plan may cover (StepPlan.max_steps): the runner stops sooner on its own time budget.
-MAX_STEPS = 64
 
 
 class Scheduler:

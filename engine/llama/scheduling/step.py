@@ -23,6 +23,10 @@ class Chunk:
     samples: bool  # the step's logits at this chunk's last token are sampled
 
 
+# The most decode steps one plan may cover (StepPlan.max_steps); the runner may stop sooner (its time budget).
+MAX_STEPS = 64
+
+
 @dataclass(slots=True)
 class StepPlan:
     # sorted by seq_id (llama.cpp only co-batches increasing sequence ids); each decodes with its
